@@ -25,6 +25,7 @@ class Preset:
     lr_drop_step: int
     batch_per_database: int
     rotate_p: float
+    lesion_crop_p: float
     amp: bool
     sw_overlap: float
     seeds: tuple[int, ...]

@@ -46,3 +46,17 @@ class PreparedCase:
 
     def lesion_volume_ml(self) -> float:
         return float((self.label == 1).sum() * np.prod(self.spacing) / 1000.0)
+
+
+@dataclass
+class RawCase:
+    """One case as read from its release, before preprocessing.
+
+    images: canonical modality -> 3D float32 nibabel image (own affine; modalities may differ
+    in orientation and voxel size). label: the label image as released (values not merged yet),
+    or None for a case without label.
+    """
+
+    files: CaseFiles
+    images: dict  # str -> nib.Nifti1Image
+    label: object | None  # nib.Nifti1Image | None
