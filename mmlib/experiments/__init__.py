@@ -1,0 +1,1 @@
+"""Experiments: the paper's tables as functions from (preset, databases, seeds) to tidy results."""

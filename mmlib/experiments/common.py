@@ -1,0 +1,111 @@
+"""What every experiment needs: databases (synthetic or real), splits, trained models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mmlib.data.cases import PreparedCase
+from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, load_manifest
+from mmlib.presets import Preset, load_preset
+
+_TWINS_MARKER = ".mmlib-twins.json"
+
+
+@dataclass
+class Database:
+    """A prepared database: its manifest and its train/test cases."""
+
+    manifest: DatabaseManifest
+    train: list[PreparedCase]
+    test: list[PreparedCase]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+def as_preset(preset: str | Preset) -> Preset:
+    return preset if isinstance(preset, Preset) else load_preset(preset)
+
+
+def ensure_twins(data_root: Path, preset: Preset, seed: int = 0, progress: bool = True) -> Path:
+    """Write the synthetic twins into `data_root` unless the same ones are already there."""
+    from mmlib.data.synth import make_twins
+
+    marker = data_root / _TWINS_MARKER
+    want = {"preset": preset.name, "seed": seed, "synth": preset.synth}
+    if marker.is_file() and json.loads(marker.read_text()) == want:
+        return data_root
+    make_twins(data_root, preset=preset, seed=seed, progress=progress)
+    marker.write_text(json.dumps(want))
+    return data_root
+
+
+def load_databases(names, preset: str | Preset, data_root: str | Path | None, cache_dir: str | Path,
+                   progress: bool = True) -> dict[str, Database]:
+    """Prepare (or read from cache) each database and split it as its manifest says.
+
+    `data_root` holds one folder per database (<data_root>/<NAME>); None means each manifest's
+    own root ($MMLIB_<NAME>_ROOT or $MMLIB_DATA_ROOT/<NAME>).
+    """
+    from mmlib.data.preprocess import prepare_database
+    from mmlib.data.readers import split_cases
+
+    preset = as_preset(preset)
+    out = {}
+    for name in names:
+        manifest = load_manifest(name)
+        root = manifest.resolve_root(None if data_root is None else Path(data_root) / name)
+        cases = prepare_database(manifest, root, preset.spacing_mm, Path(cache_dir), progress=progress)
+        train, test = split_cases(manifest, cases)
+        if manifest.evaluation_only:
+            train, test = [], list(cases)
+        out[name] = Database(manifest, list(train), list(test))
+    return out
+
+
+def config_key(config: dict) -> str:
+    """A short stable hash of a training configuration (decides when a saved model is reused)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], preset: Preset,
+                  models_dir: Path, device: str = "auto", progress: bool = True, channel_map=None):
+    """Train the model `config` describes, or load it if a model of that config was saved.
+
+    config: arch, drop, seed, databases (+ anything else that defines the model). Returns
+    (model, channel_map, checkpoint path). Models live in models_dir/<name>-<hash>/final.pt.
+    """
+    from mmlib.data.loaders import ChannelMap, JointBatches
+    from mmlib.engine.checkpoint import load_model
+    from mmlib.engine.train import train
+    from mmlib.models import build_model
+
+    full = dict(config, preset=asdict(preset))
+    run_dir = Path(models_dir) / f"{config.get('name', config['arch'])}-{config_key(full)}"
+    final = run_dir / "final.pt"
+    if final.is_file():
+        model, cmap, _ = load_model(final, device=device)
+        return model, ChannelMap.from_dict(cmap), final
+    if channel_map is None:
+        channel_map = ChannelMap.from_databases([c[0].modalities for c in train_sets.values() if c])
+    model = build_model(config["arch"], len(channel_map), preset.width)
+    batches = JointBatches(train_sets, channel_map, crop=preset.crop,
+                           batch_per_database=preset.batch_per_database, drop=bool(config["drop"]),
+                           rotate_p=preset.rotate_p, lesion_crop_p=preset.lesion_crop_p,
+                           seed=int(config["seed"]))
+    steps = preset.steps or preset.epochs * batches.epoch_length()
+    lr_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
+    full["arch"] = config["arch"]
+    full["width"] = preset.width
+    result = train(model, batches, steps=steps, lr=preset.lr, lr_drop_step=lr_drop, out_dir=run_dir,
+                   config=full, channel_map=channel_map.to_dict(), device=device, amp=preset.amp,
+                   progress=progress, seed=int(config["seed"]))
+    return model, channel_map, Path(result.path)
+
+
+__all__ = ["ALL_DATABASES", "Database", "as_preset", "ensure_twins", "load_databases",
+           "config_key", "train_or_load"]
