@@ -1,0 +1,333 @@
+"""Preprocessing: one RAS grid, a brain mask, z-scores inside the brain, merged labels, a cache.
+
+Every case of every database ends the same way (PAPER.md, Methods): all modalities and the
+label on one isotropic grid, intensities z-scored inside the brain and 0 outside, the volume
+cropped to the brain, labels merged to 0 / 1 / IGNORE. `prepare_database` caches each case as
+a compressed .npz keyed by the manifest, the spacing and PREPROCESS_VERSION.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from mmlib.data.cases import IGNORE, PreparedCase, RawCase
+from mmlib.errors import ImageReadError, MMLibError
+
+#: Bump whenever the output of `prepare_case` changes: it invalidates every cache entry.
+PREPROCESS_VERSION = 1
+#: Voxels kept around the brain's bounding box when cropping.
+CROP_MARGIN = 2
+
+
+class PreprocessError(MMLibError):
+    """A case cannot be preprocessed (empty brain mask, non-finite values) or a cache entry is bad."""
+
+
+# --------------------------------------------------------------------------- grid and resampling
+
+def _as_3d(img, file, what: str) -> nib.Nifti1Image:
+    """The image reoriented to RAS (closest canonical) with trailing singleton axes dropped."""
+    img = nib.as_closest_canonical(img)
+    data = np.asanyarray(img.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ImageReadError(f"{what} must be a 3D volume, got shape {data.shape}", file)
+    return nib.Nifti1Image(data, img.affine)
+
+
+def reference_grid(img: nib.Nifti1Image, spacing_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and 4x4 affine of the isotropic grid covering `img`'s field of view.
+
+    The grid keeps the (RAS) axis directions of `img` and is centred on its field of view.
+    """
+    affine = img.affine
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    n_old = np.array(img.shape[:3])
+    n_new = np.maximum(1, np.round(n_old * zooms / spacing_mm)).astype(int)
+    new = np.eye(4)
+    new[:3, :3] = affine[:3, :3] / zooms * spacing_mm
+    centre = affine[:3, :3] @ ((n_old - 1) / 2) + affine[:3, 3]
+    new[:3, 3] = centre - new[:3, :3] @ ((n_new - 1) / 2)
+    return tuple(int(n) for n in n_new), new
+
+
+def _resample(data: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray,
+              order: int = 1, antialias: bool = True) -> np.ndarray:
+    """`data` (on `src_affine`) resampled into the grid (`shape`, `affine`) through world space.
+
+    Zero outside the source's field of view. Downsampling first blurs with a Gaussian
+    (sigma = (factor - 1) / 2 source voxels) so coarse grids average rather than alias.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if antialias and order > 0:
+        src_zooms = np.sqrt((src_affine[:3, :3] ** 2).sum(axis=0))
+        new_zoom = float(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).mean())
+        sigma = np.maximum(0.0, (new_zoom / src_zooms - 1) / 2)
+        if sigma.max() > 0.05:
+            data = ndimage.gaussian_filter(data, sigma, mode="nearest")
+    vox = np.linalg.inv(src_affine) @ affine
+    return ndimage.affine_transform(data, vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(shape),
+                                    order=order, mode="constant", cval=0.0, output=np.float32)
+
+
+def _merge_labels(values: np.ndarray, manifest) -> np.ndarray:
+    """Released label values -> 0 background, 1 lesion, IGNORE (uint8), as the manifest says."""
+    values = np.rint(values).astype(np.int64)
+    out = np.zeros(values.shape, np.uint8)
+    out[np.isin(values, manifest.ignore_values)] = IGNORE
+    out[np.isin(values, manifest.lesion_values)] = 1
+    return out
+
+
+def _resample_label(merged: np.ndarray, src_affine, shape, affine) -> np.ndarray:
+    """Merged label resampled per class (linear partial volumes, then argmax): keeps thin lesions."""
+    fractions = [_resample((merged == v).astype(np.float32), src_affine, shape, affine)
+                 for v in (1, IGNORE)]
+    background = 1.0 - fractions[0] - fractions[1]
+    winner = np.argmax(np.stack([background, *fractions]), axis=0)
+    return np.array([0, 1, IGNORE], np.uint8)[winner]
+
+
+# --------------------------------------------------------------------------- brain masks
+
+@functools.lru_cache(maxsize=2)
+def _mni_mask(resolution: int) -> nib.Nifti1Image:
+    from nilearn.datasets import load_mni152_brain_mask  # slow import: only ATLAS needs it
+    return load_mni152_brain_mask(resolution=resolution)
+
+
+def template_brain_mask(shape, affine: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """nilearn's MNI152 2009 brain mask resampled into the grid through world coordinates."""
+    mask = _mni_mask(1 if spacing_mm < 2 else 2)
+    values = _resample(mask.get_fdata(dtype=np.float32), mask.affine, shape, affine)
+    return values >= 0.5
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Largest connected component with its holes filled."""
+    return ndimage.binary_fill_holes(_largest_component(mask))
+
+
+def stripped_brain_mask(images: np.ndarray) -> np.ndarray:
+    """Brain of skull-stripped images (M, X, Y, Z): voxels non-zero in any modality, cleaned."""
+    scale = np.abs(images).max()
+    return _clean((np.abs(images) > 1e-6 * scale).any(axis=0)) if scale > 0 else np.zeros(images.shape[1:], bool)
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def head_brain_mask(images: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Rough brain of images with skull (M, X, Y, Z): Otsu threshold on the sum of the modalities
+    (each scaled by its 99th percentile), erosion of ~4 mm, largest component, dilation, filling.
+
+    Limits: a head-and-neck field of view, bright scalp fat touching the brain or strong bias
+    fields can leave skull or scalp in the mask (or cut cortex); it is a foreground mask for
+    normalisation and cropping, not a skull stripping. Erosion is skipped if it empties the mask.
+    """
+    total = np.zeros(images.shape[1:], np.float32)
+    for im in images:
+        inside = im[im > 0]
+        if inside.size:
+            total += np.clip(im / max(float(np.percentile(inside, 99)), 1e-12), 0, None)
+    if not (total > 0).any():
+        return np.zeros(total.shape, bool)
+    fg = total > _otsu(total.ravel())
+    radius = max(1, int(round(4.0 / spacing_mm)))
+    ball = ndimage.generate_binary_structure(3, 1)
+    core = ndimage.binary_erosion(fg, ball, iterations=radius)
+    if not core.any():
+        return _clean(fg)
+    core = _largest_component(core)
+    return _clean(ndimage.binary_dilation(core, ball, iterations=radius) & fg)
+
+
+# --------------------------------------------------------------------------- one case
+
+def prepare_case(manifest, raw: RawCase, spacing_mm: float) -> PreparedCase:
+    """One raw case -> PreparedCase on an isotropic RAS grid of `spacing_mm`, cropped to the brain.
+
+    image float32 (M, X, Y, Z) in manifest.modalities order, z-scored inside the brain and 0
+    outside; label uint8 (X, Y, Z) with 0 / 1 / IGNORE; brain bool (X, Y, Z).
+    """
+    files = raw.files
+    case = f"{manifest.name} case {files.case_id}"
+    missing = [m for m in manifest.modalities if m not in raw.images]
+    if missing:
+        raise ImageReadError(f"{case} lacks modality(ies) {', '.join(missing)}",
+                             next(iter(files.images.values()), None))
+    if not spacing_mm or spacing_mm <= 0:
+        raise MMLibError(f"spacing_mm must be positive, got {spacing_mm!r}")
+
+    def path(mod):
+        return files.images.get(mod)
+
+    ras = {m: _as_3d(raw.images[m], path(m), m) for m in manifest.modalities}
+    first = manifest.modalities[0]
+    shape, affine = reference_grid(ras[first], spacing_mm)
+
+    images = np.zeros((len(manifest.modalities), *shape), np.float32)
+    for i, mod in enumerate(manifest.modalities):
+        data = np.asarray(ras[mod].dataobj, dtype=np.float32)
+        if not np.isfinite(data).all():
+            raise ImageReadError(f"{mod} image holds non-finite values (NaN or inf)", path(mod))
+        images[i] = _resample(data, ras[mod].affine, shape, affine)
+        if not np.isfinite(images[i]).all():
+            raise PreprocessError(f"{mod} image is non-finite after resampling to {spacing_mm} mm", path(mod))
+
+    if raw.label is None:
+        warnings.warn(f"{case} has no label: its label is all background", stacklevel=2)
+        label = np.zeros(shape, np.uint8)
+    else:
+        lab = _as_3d(raw.label, files.label, "label")
+        label_values = np.asarray(lab.dataobj, dtype=np.float32)
+        if not np.isfinite(label_values).all():
+            raise ImageReadError("label holds non-finite values (NaN or inf)", files.label)
+        label = _resample_label(_merge_labels(label_values, manifest), lab.affine, shape, affine)
+
+    if manifest.brain_mask == "template":
+        brain = template_brain_mask(shape, affine, spacing_mm)
+        hint = " (brain_mask: template expects images in MNI152 2009 space)"
+    elif manifest.skull_stripped:
+        brain = stripped_brain_mask(images)
+        hint = " (skull-stripped images are all zero?)"
+    else:
+        brain = head_brain_mask(images, spacing_mm)
+        hint = " (images are empty or constant?)"
+    if not brain.any():
+        raise PreprocessError(f"{case}: empty brain mask{hint}", path(first))
+
+    for i in range(len(images)):
+        inside = images[i][brain].astype(np.float64)
+        std = inside.std()
+        images[i] = (images[i] - inside.mean()) / (std if std > 1e-8 else 1.0)
+    images[:, ~brain] = 0.0
+
+    box = tuple(slice(max(0, int(ix.min()) - CROP_MARGIN), min(n, int(ix.max()) + CROP_MARGIN + 1))
+                for ix, n in zip(np.nonzero(brain), shape))
+    return PreparedCase(
+        database=manifest.name, case_id=files.case_id, modalities=tuple(manifest.modalities),
+        image=np.ascontiguousarray(images[(slice(None), *box)]),
+        label=np.ascontiguousarray(label[box]), brain=np.ascontiguousarray(brain[box]),
+        spacing=(float(spacing_mm),) * 3)
+
+
+# --------------------------------------------------------------------------- cache
+
+def cache_key(manifest, spacing_mm: float) -> str:
+    """Short hash of the manifest's content, the spacing and PREPROCESS_VERSION."""
+    content = manifest.raw or {k: v for k, v in vars(manifest).items() if k not in ("raw", "path")}
+    blob = json.dumps([content, float(spacing_mm), PREPROCESS_VERSION], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def safe_name(case_id: str) -> str:
+    """A file-name-safe form of a case id ('Center_01/Patient_07' -> 'Center_01_Patient_07-<hash>')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", case_id).lstrip(".") or "case"
+    if safe != case_id:  # a hash keeps distinct ids distinct ('a/b' vs 'a_b')
+        safe += "-" + hashlib.sha256(case_id.encode()).hexdigest()[:8]
+    return safe
+
+
+def _write_npz(fh, arrays: dict) -> None:
+    np.savez_compressed(fh, **arrays)
+
+
+def save_cached_case(case: PreparedCase, path: str | Path) -> None:
+    """Write `case` to `path` (.npz) atomically: a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            _write_npz(fh, dict(
+                image=case.image, label=case.label, brain=case.brain,
+                spacing=np.asarray(case.spacing, np.float64), modalities=np.asarray(case.modalities, str),
+                database=np.asarray(case.database), case_id=np.asarray(case.case_id)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_cached_case(path: str | Path) -> PreparedCase:
+    """Read a case written by `save_cached_case`; raise PreprocessError if it is corrupt."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            case = PreparedCase(
+                database=str(z["database"]), case_id=str(z["case_id"]),
+                modalities=tuple(str(m) for m in z["modalities"]), image=z["image"],
+                label=z["label"], brain=z["brain"], spacing=tuple(float(s) for s in z["spacing"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PreprocessError(f"corrupt cache entry: {exc}", path) from None
+    ok = (case.image.ndim == 4 and case.image.shape[0] == len(case.modalities)
+          and case.image.shape[1:] == case.label.shape == case.brain.shape
+          and case.image.dtype == np.float32 and case.label.dtype == np.uint8 and case.brain.dtype == bool)
+    if not ok:
+        raise PreprocessError("corrupt cache entry: arrays do not fit together", path)
+    return case
+
+
+def _readers():
+    from mmlib.data.readers import find_cases, read_case  # lazy: readers are built alongside
+    return find_cases, read_case
+
+
+def prepare_database(manifest, root, spacing_mm: float, cache_dir, progress: bool = True) -> list[PreparedCase]:
+    """Every case of a database, prepared; cached in cache_dir/<NAME>/<key>/<case>.npz.
+
+    A changed manifest, spacing or PREPROCESS_VERSION gives a new key; corrupt entries are
+    recomputed. `root` None resolves through the manifest; `cache_dir` None disables caching.
+    """
+    from tqdm.auto import tqdm
+
+    find_cases, read_case = _readers()
+    root = manifest.resolve_root(root)
+    folder = None if cache_dir is None else Path(cache_dir) / manifest.name / cache_key(manifest, spacing_mm)
+    prepared = []
+    for files in tqdm(find_cases(manifest, root), desc=f"prepare {manifest.name}", disable=not progress):
+        entry = None if folder is None else folder / f"{safe_name(files.case_id)}.npz"
+        if entry is not None and entry.is_file():
+            try:
+                case = load_cached_case(entry)
+                if case.case_id == files.case_id and case.modalities == tuple(manifest.modalities):
+                    prepared.append(case)
+                    continue
+            except PreprocessError:
+                pass  # recomputed and overwritten below
+        case = prepare_case(manifest, read_case(manifest, files), spacing_mm)
+        if entry is not None:
+            save_cached_case(case, entry)
+        prepared.append(case)
+    return prepared
