@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +14,16 @@ IGNORE = 255
 @dataclass(frozen=True)
 class CaseFiles:
     """Where one case's files lie. For 4D releases (MSD) every modality points at the same
-    file and `channel_index` says which index of the last axis holds it."""
+    file and `channel_index` says which index of the last axis holds it. A modality (or the
+    label) whose pattern matched no file or several has None and an entry in `problems`:
+    key ('label' for the label) -> (expected path pattern, problem)."""
 
     database: str
     case_id: str
-    images: dict[str, Path]
+    images: dict[str, Path | None]
     label: Path | None
     channel_index: dict[str, int] | None = None
+    problems: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass

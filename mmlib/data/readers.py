@@ -1,0 +1,217 @@
+"""Release readers: find a database's cases in its release folder, read them, split them.
+
+Two layout kinds (see mmlib.data.manifest): `pattern` (one folder per case, globs for its files)
+and `msd4d` (Medical Segmentation Decathlon: one 4D file per case, labels beside).
+Hidden names (macOS `._*` twins, `.DS_Store`, temporary files) are never cases or case files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+from mmlib.data.cases import CaseFiles, RawCase
+from mmlib.data.manifest import DatabaseManifest
+from mmlib.data.modalities import canonical_modality
+from mmlib.data.nifti import load_channels, load_label, load_volume
+from mmlib.errors import ImageReadError, LayoutError, MMLibError
+
+NO_MATCH = "no file matches the pattern"
+SEVERAL = "several files match the pattern"
+LABEL = "label"  # key of the label in CaseFiles.problems
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in PurePosixPath(rel).parts if part not in (".", ".."))
+
+
+def _glob(root: Path, pattern: str, dirs: bool) -> list[str]:
+    """Non-hidden matches of `pattern` under `root`, as sorted posix paths relative to root."""
+    found = []
+    for rel in glob.glob(pattern, root_dir=root):
+        rel = PurePosixPath(Path(rel)).as_posix()
+        full = root / rel
+        if _hidden(rel) or not (full.is_dir() if dirs else full.is_file()):
+            continue
+        found.append(rel)
+    return sorted(set(found))
+
+
+def _require_root(manifest: DatabaseManifest, root: str | Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"release folder of {manifest.name} not found", root)
+    return root
+
+
+def _fill(pattern: str, case: str, name: str, escape: bool) -> str:
+    # Case folders may contain glob metacharacters ('[', '*'); escaped they match only themselves.
+    esc = glob.escape if escape else (lambda s: s)
+    return pattern.replace("{case}", esc(case)).replace("{name}", esc(name))
+
+
+def _match_one(root: Path, pattern: str, case: str, name: str) -> tuple[Path | None, tuple[str, str] | None]:
+    """The single file a pattern gives for a case, or None and (expected path, problem)."""
+    hits = _glob(root, _fill(pattern, case, name, escape=True), dirs=False)
+    if len(hits) == 1:
+        return root / hits[0], None
+    expected = str(root / _fill(pattern, case, name, escape=False))
+    if not hits:
+        return None, (expected, NO_MATCH)
+    return None, (expected, f"{SEVERAL}: {', '.join(hits)}")
+
+
+def _pattern_cases(manifest: DatabaseManifest, root: Path) -> list[CaseFiles]:
+    layout = manifest.layout
+    folders = sorted({rel for g in layout.cases for rel in _glob(root, g, dirs=True)})
+    id_re = re.compile(layout.id) if layout.id else None
+
+    def case_id(rel: str) -> str:
+        m = id_re.search(rel) if id_re else None
+        return m.group(0) if m else rel
+
+    ids = [case_id(rel) for rel in folders]
+    cases = []
+    for rel, cid in zip(folders, ids):
+        # Two folders giving one id (e.g. two sessions of a subject) keep their full paths as ids.
+        if ids.count(cid) > 1:
+            cid = rel
+        name = PurePosixPath(rel).name
+        images, problems = {}, {}
+        for mod in manifest.modalities:
+            images[mod], problem = _match_one(root, layout.images[mod], rel, name)
+            if problem:
+                problems[mod] = problem
+        label = None
+        if layout.label:
+            label, problem = _match_one(root, layout.label, rel, name)
+            if problem:
+                problems[LABEL] = problem
+        cases.append(CaseFiles(manifest.name, cid, images, label, None, problems))
+    return cases
+
+
+def check_dataset_json(manifest: DatabaseManifest, root: str | Path) -> None:
+    """If the MSD dataset.json lists its channels, they must be the manifest's layout.channels."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        return
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LayoutError(f"cannot read dataset.json: {exc}", path) from None
+    declared = meta.get("modality", meta.get("channel_names")) if isinstance(meta, dict) else None
+    if declared is None:
+        return
+    try:
+        names = [declared[k] for k in sorted(declared, key=int)]
+        canon = tuple(canonical_modality(str(n)) for n in names)
+    except (TypeError, ValueError, KeyError, AttributeError, MMLibError) as exc:
+        raise LayoutError(f"cannot understand its 'modality' entry {declared!r}: {exc}", path) from None
+    if canon != manifest.layout.channels:
+        raise LayoutError(f"declares channels {names} = {list(canon)} but the manifest's layout.channels "
+                          f"are {list(manifest.layout.channels)}", path)
+
+
+def _msd_cases(manifest: DatabaseManifest, root: Path) -> list[CaseFiles]:
+    layout = manifest.layout
+    images_dir = root / layout.images_dir
+    if not images_dir.is_dir():
+        raise LayoutError(f"folder of images ({layout.images_dir}) not found", images_dir)
+    channel_index = {mod: layout.channels.index(mod) for mod in manifest.modalities}
+    cases = []
+    for path in sorted(images_dir.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.name.endswith(".nii.gz"):
+            cid = path.name[: -len(".nii.gz")]
+        elif path.name.endswith(".nii"):
+            cid = path.name[: -len(".nii")]
+        else:
+            continue
+        label = root / layout.labels_dir / path.name
+        problems = {}
+        if not label.is_file():
+            problems[LABEL] = (str(label), NO_MATCH)
+            label = None
+        cases.append(CaseFiles(manifest.name, cid, {m: path for m in manifest.modalities}, label,
+                               dict(channel_index), problems))
+    return cases
+
+
+def find_cases(manifest: DatabaseManifest, root: str | Path, check_json: bool = True) -> list[CaseFiles]:
+    """Every case of the release under `root`, sorted by case_id.
+
+    A modality or label whose pattern matches no file or several is None, with the problem in
+    CaseFiles.problems (for the integrity check). Raises LayoutError if root is missing (or an
+    MSD dataset.json disagrees with the manifest; check_json=False skips that check).
+    """
+    root = _require_root(manifest, root)
+    if manifest.layout.kind == "msd4d":
+        if check_json:
+            check_dataset_json(manifest, root)
+        cases = _msd_cases(manifest, root)
+    else:
+        cases = _pattern_cases(manifest, root)
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def read_case(manifest: DatabaseManifest, case_files: CaseFiles) -> RawCase:
+    """Load a case's modalities (canonical names, manifest order) as 3D float32 images and its label.
+
+    Raises LayoutError (naming the case and the pattern) if a modality's file was not found
+    uniquely, or several labels matched; ImageReadError for an unreadable file. No label -> None.
+    """
+    cid = case_files.case_id
+    for key in (*manifest.modalities, LABEL):
+        expected, problem = case_files.problems.get(key, (None, None))
+        if problem and (key != LABEL or problem.startswith(SEVERAL)):
+            raise LayoutError(f"case {cid}: {key}: {problem}", expected)
+    images = {}
+    if case_files.channel_index is not None:
+        # A 4D file is decompressed once for all of its channels.
+        by_file: dict[Path, list] = {}
+        for mod in manifest.modalities:
+            path = case_files.images[mod]
+            if path not in by_file:
+                by_file[path] = load_channels(path)
+                n_expected = len(manifest.layout.channels) or len(manifest.modalities)
+                if len(by_file[path]) != n_expected:
+                    raise ImageReadError(f"has {len(by_file[path])} channel(s); the manifest's "
+                                         f"layout.channels lists {n_expected}", path)
+            images[mod] = by_file[path][case_files.channel_index[mod]]
+    else:
+        for mod in manifest.modalities:
+            images[mod] = load_volume(case_files.images[mod])
+    label = load_label(case_files.label) if case_files.label is not None else None
+    return RawCase(files=case_files, images=images, label=label)
+
+
+T = TypeVar("T")
+
+
+def _item_id(item) -> str:
+    if isinstance(item, str):
+        return item
+    if hasattr(item, "case_id"):
+        return item.case_id
+    return item.files.case_id  # RawCase
+
+
+def split_cases(manifest: DatabaseManifest, cases: Sequence[T]) -> tuple[list[T], list[T]]:
+    """Deterministic train/test split of case ids (or objects with a case_id), each sorted by id.
+
+    Sort by id, shuffle with numpy default_rng(manifest.split_seed), the first
+    manifest.train_count(n) are train: the same ids always give the same split.
+    """
+    ordered = sorted(cases, key=_item_id)
+    order = np.random.default_rng(manifest.split_seed).permutation(len(ordered))
+    k = manifest.train_count(len(ordered))
+    train = sorted((ordered[i] for i in order[:k]), key=_item_id)
+    test = sorted((ordered[i] for i in order[k:]), key=_item_id)
+    return train, test

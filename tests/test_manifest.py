@@ -1,0 +1,85 @@
+"""Manifests: the packaged ones load, and every mistake is named together with its file."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from mmlib.data.manifest import ALL_DATABASES, load_manifest
+from mmlib.data.modalities import MODALITIES
+from mmlib.errors import ManifestError
+
+
+@pytest.mark.parametrize("name", ALL_DATABASES)
+def test_every_packaged_manifest_loads(name):
+    manifest = load_manifest(name)
+    assert manifest.name == name
+    assert set(manifest.modalities) <= set(MODALITIES)
+
+
+def test_packaged_manifests_give_the_papers_case_counts(manifests):
+    counts = {n: (m.split_cases, m.split_train) for n, m in manifests.items()}
+    assert counts == {"BRATS": (484, 444), "ATLAS": (655, 459), "MSSEG": (53, 37), "TBI": (281, 156),
+                      "WMH": (60, 42), "ISLES": (28, 0), "TUMOR2": (51, 0)}
+
+
+def test_msd_manifest_maps_release_channel_names_to_canonical_modalities(manifests):
+    assert manifests["BRATS"].layout.channels == ("FLAIR", "T1", "T1c", "T2")
+
+
+def _write(tmp_path, raw, text=None):
+    path = tmp_path / "BROKEN.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(raw))
+    return path
+
+
+def _brats(manifests):
+    return copy.deepcopy(manifests["BRATS"].raw)
+
+
+def _error(path) -> str:
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.file == str(path)
+    assert str(path) in str(info.value)
+    return info.value.problem
+
+
+def test_unknown_modality_is_named(tmp_path, manifests):
+    raw = _brats(manifests)
+    raw["modalities"] = ["FLAIR", "T1", "T1c", "X-RAY"]
+    assert "X-RAY" in _error(_write(tmp_path, raw))
+
+
+def test_duplicate_modality_is_named(tmp_path, manifests):
+    raw = _brats(manifests)
+    raw["modalities"] = ["FLAIR", "T1", "T1w", "T2"]
+    assert "duplicate modality 'T1w'" in _error(_write(tmp_path, raw))
+
+
+def test_split_with_more_training_cases_than_cases_is_refused(tmp_path, manifests):
+    raw = _brats(manifests)
+    raw["split"] = {"cases": 10, "train": 20}
+    assert "split" in _error(_write(tmp_path, raw))
+
+
+def test_missing_key_is_named(tmp_path, manifests):
+    raw = _brats(manifests)
+    del raw["labels"]
+    assert "missing key(s): labels" in _error(_write(tmp_path, raw))
+
+
+def test_unknown_key_is_named(tmp_path, manifests):
+    raw = _brats(manifests)
+    raw["colour"] = "blue"
+    assert "unknown key(s): colour" in _error(_write(tmp_path, raw))
+
+
+def test_broken_yaml_is_reported_as_not_valid_yaml(tmp_path):
+    assert "not valid YAML" in _error(_write(tmp_path, None, text="name: [BRATS\nmodalities: {"))
+
+
+def test_missing_manifest_file_is_named(tmp_path):
+    assert "not found" in _error(tmp_path / "NOPE.yaml")
