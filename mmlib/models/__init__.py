@@ -18,10 +18,13 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"multiunet": MultiUNet, "lfunet": L
 
 
 def build_model(arch: str, in_channels: int, width: float = 1.0) -> nn.Module:
-    """A fresh 'multiunet' | 'lfunet' | 'mafunet' with ``in_channels`` modality channels and one output."""
+    """A fresh 'multiunet' | 'lfunet' | 'mafunet' | 'progressive' with ``in_channels`` modality
+    channels and one output ('progressive': both columns fresh, for loading a saved one)."""
+    if arch.lower() == "progressive":
+        return ProgressiveUNet(MultiUNet(in_channels, 1, width))
     cls = ARCHITECTURES.get(arch.lower())
     if cls is None:
-        raise MMLibError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise MMLibError(f"unknown architecture {arch!r}; known: {', '.join([*ARCHITECTURES, 'progressive'])}")
     return cls(in_channels, 1, width)
 
 

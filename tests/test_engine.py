@@ -1,0 +1,291 @@
+"""Specification of mmlib.engine: checkpoints, the training loop, inference, evaluation rows
+and the threshold baseline. Tiny stand-in networks and 16^3 volumes keep it fast."""
+
+import importlib
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from mmlib.data.cases import IGNORE, PreparedCase
+from mmlib.data.loaders import ChannelMap
+from mmlib.engine import checkpoint as ckpt
+from mmlib.engine.baselines import threshold_baseline
+from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case
+from mmlib.engine.train import train
+from mmlib.errors import CheckpointError
+
+CMAP = ChannelMap(("FLAIR", "T1", "T2"))
+CONFIG = {"arch": "multiunet", "width": 0.25}
+
+
+class TinyNet(nn.Module):
+    """A stand-in for the U-Nets: forward(x, present) -> logits (B, 1, X, Y, Z), with dropout."""
+
+    def __init__(self, in_channels: int = 3, needs_multiple_of_16: bool = False):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Conv3d(4, 1, 1)
+        self.needs_multiple_of_16 = needs_multiple_of_16
+        self.seen_present = []
+
+    def forward(self, x, present=None):
+        if self.needs_multiple_of_16:
+            assert all(s % 16 == 0 for s in x.shape[2:]), x.shape
+        self.seen_present.append(present)
+        return self.head(self.drop(torch.relu(self.conv(x))))
+
+
+class ThresholdNet(nn.Module):
+    """A 'perfect' model for the toy cases below: lesion where channel 0 > 0.5."""
+
+    def forward(self, x, present=None):
+        return 10.0 * (x[:, :1] - 0.5)
+
+
+class ToyBatches:
+    """Resumable iterator of learnable batches: y = channel 0 > 0.5. Raises KeyboardInterrupt
+    when asked for batch number `interrupt_at`, before drawing it."""
+
+    def __init__(self, seed: int = 0, interrupt_at: int | None = None):
+        self.rng, self.step, self.interrupt_at = np.random.default_rng(seed), 0, interrupt_at
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.step == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.step += 1
+        x = self.rng.normal(size=(2, 3, 16, 16, 16)).astype(np.float32)
+        y = (x[:, :1] > 0.5).astype(np.float32)
+        valid = np.ones_like(y)
+        valid[:, :, :2] = 0
+        return {"x": torch.from_numpy(x), "y": torch.from_numpy(y), "valid": torch.from_numpy(valid),
+                "present": torch.ones(2, 3, dtype=torch.bool), "database": ["A", "B"]}
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state, "step": self.step}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state, self.step = state["rng"], state["step"]
+
+
+def tiny_net(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet()
+
+
+def run(out_dir, steps, model=None, batches=None, **kw):
+    kw = {"lr": 1e-2, "lr_drop_step": 0, "device": "cpu", "progress": False, **kw}
+    return train(model or tiny_net(), batches or ToyBatches(), steps, out_dir=out_dir,
+                 config=CONFIG, channel_map=CMAP, **kw)
+
+
+def toy_case(case_id: str, seed: int, modalities=("FLAIR", "T1"), shape=(16, 16, 16)) -> PreparedCase:
+    """Channel 0 is bright (> 0.5) exactly on the lesion; a corner of the label is IGNORE."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros(shape, np.uint8)
+    label[4:9, 5:10, 3:8] = 1
+    image = rng.uniform(-1, 0.4, size=(len(modalities), *shape)).astype(np.float32)
+    image[0][label == 1] = rng.uniform(2, 3, size=int((label == 1).sum()))
+    label[-2:, -2:, -2:] = IGNORE
+    return PreparedCase("TOY", case_id, tuple(modalities), image, label,
+                        np.ones(shape, bool), (1.0, 1.0, 1.5))
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_restores_weights_state_and_numpy_rng(tmp_path):
+    model = tiny_net()
+    np_state = np.random.RandomState(3).get_state(legacy=False)  # holds a uint32 array
+    path = ckpt.save_checkpoint(tmp_path / "c.pt", model, torch.optim.Adam(model.parameters()),
+                                {"lr": 1e-3}, 7, CONFIG, CMAP.to_dict(), {"torch": torch.get_rng_state()},
+                                extra={"numpy": np_state})
+    state = ckpt.load_checkpoint(path)
+    assert state["step"] == 7 and state["config"] == CONFIG and state["channel_map"] == CMAP.to_dict()
+    fresh = tiny_net(seed=1)
+    ckpt.load_weights(fresh, state, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    key = state["extra"]["numpy"]["state"]["key"]
+    assert isinstance(key, np.ndarray) and key.dtype == np.uint32
+    assert np.array_equal(key, np_state["state"]["key"])
+
+
+def test_corrupt_checkpoint_raises_checkpoint_error_naming_the_file(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_checkpoint(path)
+    assert err.value.file == str(path)
+
+
+def test_missing_checkpoint_raises_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt.load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_checkpoint_of_another_network_does_not_load(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path / "c.pt", TinyNet(3), None, None, 0, CONFIG, CMAP.to_dict())
+    with pytest.raises(CheckpointError, match="does not fit"):
+        ckpt.load_weights(TinyNet(5), ckpt.load_checkpoint(path), path)
+
+
+def test_interrupted_save_keeps_the_old_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = ckpt.save_checkpoint(tmp_path / "c.pt", tiny_net(), None, None, 1, CONFIG, CMAP.to_dict())
+
+    def half_write(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.torch, "save", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(path, tiny_net(), None, None, 2, CONFIG, CMAP.to_dict())
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+# --- training ----------------------------------------------------------------------------
+
+def test_training_decreases_the_loss_on_a_learnable_toy(tmp_path):
+    losses = run(tmp_path, 20, lr=0.1).losses
+    assert len(losses) == 20
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
+
+
+def test_training_writes_final_checkpoint_and_loss_table(tmp_path):
+    result = run(tmp_path, 3)
+    assert result.path == tmp_path / "final.pt" and result.path.exists()
+    assert (tmp_path / "last.pt").exists()
+    table = pd.read_csv(tmp_path / "losses.csv")
+    assert list(table["loss"]) == pytest.approx(result.losses)
+    assert ckpt.load_checkpoint(result.path)["config"]["in_channels"] == 3
+
+
+def test_learning_rate_drops_tenfold_at_lr_drop_step(tmp_path):
+    run(tmp_path / "a", 2, lr=1e-3, lr_drop_step=2)
+    run(tmp_path / "b", 3, lr=1e-3, lr_drop_step=2)
+
+    def lr_of(out_dir):
+        return ckpt.load_checkpoint(out_dir / "final.pt")["optimizer"]["param_groups"][0]["lr"]
+
+    assert lr_of(tmp_path / "a") == pytest.approx(1e-3)  # steps 0, 1
+    assert lr_of(tmp_path / "b") == pytest.approx(1e-4)  # step 2
+    assert list(pd.read_csv(tmp_path / "b" / "losses.csv")["lr"]) == pytest.approx([1e-3, 1e-3, 1e-4])
+
+
+def _same_parameters(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+    straight = tiny_net()
+    straight_losses = run(tmp_path / "straight", 6, model=straight, lr_drop_step=4).losses
+
+    run(tmp_path / "split", 3, lr_drop_step=4)
+    resumed = tiny_net(seed=99)  # different init: the weights must come from the checkpoint
+    resumed_losses = run(tmp_path / "split", 6, model=resumed, lr_drop_step=4).losses
+    assert resumed_losses == straight_losses
+    assert _same_parameters(straight, resumed)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    straight = tiny_net()
+    run(tmp_path / "straight", 5, model=straight, checkpoint_every=2)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", 5, batches=ToyBatches(interrupt_at=3), checkpoint_every=2)
+    assert ckpt.load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
+    resumed = tiny_net(seed=99)
+    run(tmp_path / "cut", 5, model=resumed, checkpoint_every=2)
+    assert _same_parameters(straight, resumed)
+
+
+# --- inference and evaluation -------------------------------------------------------------
+
+def test_predict_case_returns_the_input_shape_for_sizes_not_divisible_by_16():
+    model = TinyNet(2, needs_multiple_of_16=True)
+    pred = predict_case(model, np.zeros((2, 20, 17, 13), np.float32), roi=16, overlap=0.25, device="cpu")
+    assert pred.shape == (20, 17, 13) and pred.dtype == bool
+
+
+def test_evaluate_cases_scores_a_perfect_model_with_dice_one():
+    cases = [toy_case("c0", 0), toy_case("c1", 1)]
+    rows = evaluate_cases(ThresholdNet(), cases, CMAP, roi=16, overlap=0.25, device="cpu",
+                          model_name="perfect", extra={"seed": 0}, progress=False)
+    assert list(rows["case_id"]) == ["c0", "c1"]
+    assert set(rows["subset"]) == {"FLAIR+T1"} and set(rows["n_modalities"]) == {2}
+    assert rows["dice"].tolist() == [1.0, 1.0] and rows["assd"].tolist() == [0.0, 0.0]
+    assert set(rows["model"]) == {"perfect"} and set(rows["seed"]) == {0}
+    assert rows["lesion_ml"].iloc[0] == pytest.approx(125 * 1.5 / 1000)
+
+
+def test_evaluate_cases_feeds_only_the_subset_and_marks_its_channels_present():
+    model = TinyNet(3)
+    rows = evaluate_cases(model, [toy_case("c0", 0)], CMAP, subset=["T1"], roi=16, overlap=0.0,
+                          device="cpu", progress=False)
+    assert rows["subset"].tolist() == ["T1"] and rows["n_modalities"].tolist() == [1]
+    assert model.seen_present[-1].tolist() == [[False, True, False]]
+
+
+def test_evaluate_all_combinations_gives_one_row_per_case_and_non_empty_subset():
+    cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2")), toy_case("c1", 1, ("FLAIR", "T1", "T2"))]
+    rows = evaluate_all_combinations(TinyNet(3), cases, CMAP, roi=16, overlap=0.0, device="cpu",
+                                     model_name="tiny", extra={"training": "drop"}, progress=False)
+    assert len(rows) == 2 * (2**3 - 1)
+    assert sorted(rows.groupby("case_id").size()) == [7, 7]
+    assert {"FLAIR", "T1+T2", "FLAIR+T1+T2"} <= set(rows["subset"])
+    assert rows.groupby("subset")["n_modalities"].first()["FLAIR+T2"] == 2
+    assert set(rows["training"]) == {"drop"}
+
+
+# --- baseline -------------------------------------------------------------------------------
+
+def test_threshold_baseline_finds_the_modality_that_separates_the_lesion():
+    train_cases = [toy_case(f"t{i}", i, ("T1", "FLAIR")[::-1]) for i in range(3)]
+    test_cases = [toy_case("x0", 10), toy_case("x1", 11)]
+    rows = threshold_baseline(train_cases, test_cases)
+    assert len(rows) == 2 and set(rows["model"]) == {"threshold"}
+    assert set(rows["modality"]) == {"FLAIR"} and set(rows["direction"]) == {"above"}
+    assert 0.4 <= rows["threshold"].iloc[0] <= 2.0
+    assert rows["dice"].tolist() == [1.0, 1.0]
+
+
+def test_threshold_baseline_finds_a_dark_lesion_rule():
+    def dark(case):
+        case.image[1] = np.where(case.label == 1, -3.0, case.image[1])
+        case.image[0] = np.random.default_rng(0).normal(size=case.shape)
+        return case
+
+    rows = threshold_baseline([dark(toy_case(f"t{i}", i)) for i in range(2)], [dark(toy_case("x", 9))])
+    assert rows[["modality", "direction"]].values.tolist() == [["T1", "below"]]
+    assert rows["dice"].iloc[0] == 1.0
+
+
+# --- the real networks, once they exist ------------------------------------------------------
+
+@pytest.mark.skipif(importlib.util.find_spec("mmlib.models") is None or
+                    not hasattr(importlib.import_module("mmlib.models"), "build_model"),
+                    reason="mmlib.models not written yet")
+def test_real_multiunet_trains_saves_reloads_and_predicts(tmp_path):
+    from mmlib.data.loaders import JointBatches
+    from mmlib.engine.checkpoint import load_model
+    from mmlib.models import build_model
+
+    cases = [toy_case("c0", 0, shape=(32, 32, 32)), toy_case("c1", 1, shape=(32, 32, 32))]
+    cmap = ChannelMap(("FLAIR", "T1"))
+    batches = JointBatches({"TOY": cases}, cmap, crop=32, batch_per_database=1, drop=True,
+                           rotate_p=0.1, lesion_crop_p=0.5, seed=0)
+    torch.manual_seed(0)
+    model = build_model("multiunet", 2, 0.25)
+    result = train(model, batches, 2, 1e-3, 1, tmp_path, {"arch": "multiunet", "width": 0.25}, cmap,
+                   device="cpu", progress=False)
+    reloaded, cmap_dict, config = load_model(result.path, "cpu")
+    assert cmap_dict == cmap.to_dict() and config["arch"] == "multiunet"
+    rows = evaluate_cases(reloaded, cases[:1], cmap, roi=32, overlap=0.0, device="cpu", progress=False)
+    assert len(rows) == 1 and 0.0 <= rows["dice"].iloc[0] <= 1.0
