@@ -1,4 +1,4 @@
-"""The `mmlib` command: synth, check, joint (the main job of the README)."""
+"""The `mmlib` command: synth, check, joint, study."""
 
 from __future__ import annotations
 
@@ -42,7 +42,22 @@ def _cmd_joint(args) -> int:
     summary = run_joint(Path(args.out), preset=args.preset, data_root=args.data_root,
                         seed=args.seed, arch=args.arch, drop=not args.no_drop, device=args.device,
                         steps=args.steps)
-    print(summary)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _cmd_study(args) -> int:
+    from mmlib.experiments.runner import run_study
+
+    timings = run_study(Path(args.out), preset=args.preset, data_root=args.data_root, device=args.device,
+                        notebooks=args.notebooks or None)
+    total = sum(timings.values())
+    print(f"study done in {total / 60:.1f} min; results, figures, executed notebooks and findings.json in {args.out}")
+    findings = Path(args.out) / "findings.json"
+    if findings.is_file():
+        for key, f in json.loads(findings.read_text()).get("findings", {}).items():
+            if isinstance(f, dict) and "holds" in f:
+                print(f"  {key}: {'holds' if f['holds'] else 'not tested' if f['holds'] is None else 'does not hold'}")
     return 0
 
 
@@ -74,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
     p.set_defaults(func=_cmd_joint)
+
+    p = sub.add_parser("study", help="run the study notebooks (00-04, 99) through papermill")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--data-root", help="folder of the databases (default: synthetic twins made in OUT/data)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
+    p.set_defaults(func=_cmd_study)
     return parser
 
 

@@ -31,6 +31,7 @@ class Preset:
     seeds: tuple[int, ...]
     num_workers: int
     synth: dict = field(default_factory=dict)
+    study: dict = field(default_factory=dict)
     epochs: int = 0
     lr_drop_epoch: int = 0
 

@@ -30,3 +30,84 @@ def plot_combination_dice(results: pd.DataFrame, baseline: pd.DataFrame | None =
     axes[-1, 0].set_xlabel("Dice (mean over test cases)")
     fig.tight_layout()
     return fig
+
+
+def _lesion_slice(case) -> int:
+    """The axial slice with the most lesion (the middle slice when there is none)."""
+    per_slice = (case.label == 1).sum(axis=(0, 1))
+    return int(per_slice.argmax()) if per_slice.any() else case.label.shape[2] // 2
+
+
+def plot_database_grid(databases: dict, modalities=None):
+    """The paper's overview figure: one row per database, one column per modality, an axial
+    slice of one case with its lesion outlined (empty panels where a database lacks the modality).
+    `databases`: name -> list of PreparedCase (the first case with a lesion is shown)."""
+    import numpy as np
+
+    from mmlib.data.modalities import MODALITIES
+
+    mods = list(modalities or [m for m in MODALITIES
+                               if any(m in cs[0].modalities for cs in databases.values() if cs)])
+    fig, axes = plt.subplots(len(databases), len(mods), figsize=(1.6 * len(mods), 1.7 * len(databases)),
+                             squeeze=False)
+    for r, (name, cases) in enumerate(databases.items()):
+        case = next((c for c in cases if (c.label == 1).any()), cases[0] if cases else None)
+        for c, mod in enumerate(mods):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(mod, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if case is None or mod not in case.modalities:
+                ax.set_facecolor("#f0f0f0")
+                continue
+            z = _lesion_slice(case)
+            img = case.image[case.modalities.index(mod)][:, :, z]
+            lo, hi = np.percentile(img[case.brain[:, :, z]], [1, 99]) if case.brain[:, :, z].any() else (0, 1)
+            ax.imshow(img.T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
+            if (case.label[:, :, z] == 1).any():
+                ax.contour((case.label[:, :, z] == 1).T, levels=[0.5], colors="#ff3030", linewidths=0.8,
+                           origin="lower")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lesion_volumes(databases: dict):
+    """Lesion volume (ml) per case, one strip per database (log scale)."""
+    import seaborn as sns
+
+    rows = [{"database": name, "lesion_ml": max(c.lesion_volume_ml(), 1e-3)}
+            for name, cases in databases.items() for c in cases]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    sns.stripplot(data=pd.DataFrame(rows), x="database", y="lesion_ml", ax=ax, size=3, jitter=0.25)
+    ax.set_yscale("log")
+    ax.set_ylabel("lesion volume (ml)")
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
+
+
+def plot_subset_heatmap(results: pd.DataFrame, metric: str = "dice", by: str = "model"):
+    """Heatmap of mean `metric` by modality subset (rows) x database (columns), one panel per
+    value of `by` (e.g. model). NaN where a database lacks the subset's modalities."""
+    import seaborn as sns
+
+    groups = list(dict.fromkeys(results[by]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1.5,
+                                                      0.25 * results["subset"].nunique() + 1.5),
+                             squeeze=False, sharey=True)
+    order = (results[["subset", "n_modalities"]].drop_duplicates()
+             .sort_values(["n_modalities", "subset"])["subset"].tolist())
+    for ax, g in zip(axes[0], groups):
+        table = (results[results[by] == g].groupby(["subset", "database"])[metric].mean()
+                 .unstack("database").reindex(order))
+        sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=table.shape[1] <= 6,
+                    fmt=".2f", annot_kws={"fontsize": 6}, cbar=ax is axes[0, -1])
+        ax.set_title(str(g), fontsize=8)
+        ax.set_xlabel("")
+        ax.set_ylabel("modalities given" if ax is axes[0, 0] else "")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig

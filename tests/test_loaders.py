@@ -184,3 +184,15 @@ def test_lesion_crops_contain_the_lesion():
     it = batches(crop=4, rotate_p=0.0, lesion_crop_p=1.0)
     for _ in range(3):
         assert (next(it)["y"].flatten(1).amax(1) == 1).all()
+
+
+def test_assemble_needs_channels_only_for_the_modalities_given():
+    from mmlib.data.cases import PreparedCase
+    from mmlib.data.loaders import ChannelMap
+
+    img = np.stack([np.full((4, 4, 4), 1.0, np.float32), np.full((4, 4, 4), 2.0, np.float32)])
+    case = PreparedCase("ISLES", "c1", ("FLAIR", "T1"), img, np.zeros((4, 4, 4), np.uint8),
+                        np.ones((4, 4, 4), bool), (1.0, 1.0, 1.0))
+    t1_only = ChannelMap.from_databases([("T1",)])
+    out = t1_only.assemble(case, subset=("T1",))
+    assert out.shape == (1, 4, 4, 4) and np.all(out[0] == 2.0)

@@ -95,10 +95,12 @@ class ChannelMap:
         """The case's image (M, X, Y, Z) placed in the channels -> (C, X, Y, Z), zeros elsewhere;
         only the modalities in `subset` (all of them if None)."""
         keep = _subset_mask(case, subset)
+        given = [m for m, k in zip(case.modalities, keep) if k]
         out = np.zeros((self.n_channels, *case.image.shape[1:]), np.float32)
-        for i, ch in enumerate(self.channels(case.modalities)):
-            if keep[i]:
-                out[ch] = case.image[i]
+        # Only the modalities given need a channel: a T1-only model can still read T1 of a case
+        # that also has FLAIR.
+        for i, ch in zip(np.flatnonzero(keep), self.channels(given)):
+            out[ch] = case.image[i]
         return out
 
 

@@ -141,7 +141,8 @@ def _in_channels(config: dict, channel_map: dict, path: Path) -> int:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """Rebuild the trained model of a checkpoint -> (model in eval mode on `device`, channel map
-    dict, config)."""
+    dict, config). `device` may be 'auto' (the GPU when there is one)."""
+    from mmlib.engine.device import pick_device
     from mmlib.models import build_model
 
     path = Path(path)
@@ -151,4 +152,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         raise CheckpointError("config lacks 'arch' or 'width'; cannot rebuild the model", path)
     model = build_model(config["arch"], _in_channels(config, channel_map, path), config["width"])
     load_weights(model, state, path)
-    return model.to(device).eval(), channel_map, config
+    return model.to(pick_device(device)).eval(), channel_map, config

@@ -73,18 +73,21 @@ def config_key(config: dict) -> str:
 
 
 def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], preset: Preset,
-                  models_dir: Path, device: str = "auto", progress: bool = True, channel_map=None):
+                  models_dir: Path, device: str = "auto", progress: bool = True, channel_map=None,
+                  init=None, steps: int | None = None):
     """Train the model `config` describes, or load it if a model of that config was saved.
 
-    config: arch, drop, seed, databases (+ anything else that defines the model). Returns
-    (model, channel_map, checkpoint path). Models live in models_dir/<name>-<hash>/final.pt.
+    config: name, arch, drop, seed, databases (+ anything else that defines the model, e.g. the
+    pretrained model it starts from). `init`: a callable returning the starting model (fine-tuning)
+    instead of a fresh one. Returns (model, channel_map, checkpoint path); models live in
+    models_dir/<name>-<hash>/final.pt.
     """
     from mmlib.data.loaders import ChannelMap, JointBatches
     from mmlib.engine.checkpoint import load_model
     from mmlib.engine.train import train
     from mmlib.models import build_model
 
-    full = dict(config, preset=asdict(preset))
+    full = dict(config, preset=asdict(preset), steps_override=steps)
     run_dir = Path(models_dir) / f"{config.get('name', config['arch'])}-{config_key(full)}"
     final = run_dir / "final.pt"
     if final.is_file():
@@ -92,13 +95,18 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
         return model, ChannelMap.from_dict(cmap), final
     if channel_map is None:
         channel_map = ChannelMap.from_databases([c[0].modalities for c in train_sets.values() if c])
-    model = build_model(config["arch"], len(channel_map), preset.width)
+    model = init() if init is not None else build_model(config["arch"], len(channel_map), preset.width)
     batches = JointBatches(train_sets, channel_map, crop=preset.crop,
                            batch_per_database=preset.batch_per_database, drop=bool(config["drop"]),
                            rotate_p=preset.rotate_p, lesion_crop_p=preset.lesion_crop_p,
                            seed=int(config["seed"]))
-    steps = preset.steps or preset.epochs * batches.epoch_length()
-    lr_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
+    if steps is None:
+        steps = preset.steps or preset.epochs * batches.epoch_length()
+        lr_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
+    else:  # a shorter schedule (fine-tuning): drop the learning rate at the same fraction
+        full_steps = preset.steps or preset.epochs * batches.epoch_length()
+        full_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
+        lr_drop = max(1, round(steps * full_drop / max(1, full_steps)))
     full["arch"] = config["arch"]
     full["width"] = preset.width
     result = train(model, batches, steps=steps, lr=preset.lr, lr_drop_step=lr_drop, out_dir=run_dir,

@@ -1,0 +1,61 @@
+"""`mmlib study`: run the numbered notebooks in order through papermill, then the findings.
+
+Each executed notebook is kept in <out>/notebooks/. A notebook that finished with the same
+parameters is not run again (a re-run resumes); models and caches are reused in any case.
+A failing notebook stops the run, naming the notebook, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from mmlib.errors import MMLibError
+
+NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",
+             "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "99_findings")
+
+
+def notebooks_dir() -> Path:
+    """The repository's notebooks/ folder (or $MMLIB_NOTEBOOKS)."""
+    env = os.environ.get("MMLIB_NOTEBOOKS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None, device: str = "auto",
+              notebooks=None, extra_parameters: dict | None = None, progress: bool = True) -> dict:
+    """Run the study notebooks into `out_dir`; return {notebook: seconds} and write findings.json."""
+    import papermill as pm
+
+    out_dir = Path(out_dir).resolve()
+    done_dir = out_dir / "notebooks"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    params = {"preset": preset, "out_dir": str(out_dir), "data_root": data_root, "device": device,
+              **(extra_parameters or {})}
+    timings = {}
+    for name in notebooks or NOTEBOOKS:
+        src = notebooks_dir() / f"{name}.ipynb"
+        if not src.is_file():
+            raise MMLibError("notebook not found", src)
+        dst = done_dir / f"{name}.ipynb"
+        stamp = done_dir / f"{name}.done.json"
+        if stamp.is_file() and json.loads(stamp.read_text()).get("parameters") == params and dst.is_file():
+            timings[name] = json.loads(stamp.read_text())["seconds"]
+            print(f"[study] {name}: done earlier with the same parameters, kept")
+            continue
+        stamp.unlink(missing_ok=True)
+        print(f"[study] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters=params, cwd=str(src.parent),
+                                progress_bar=progress, kernel_name="python3")
+        except pm.PapermillExecutionError as exc:
+            raise MMLibError(f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+                             f"(executed copy kept; finished results are kept and a re-run resumes)",
+                             dst) from None
+        timings[name] = time.perf_counter() - t0
+        stamp.write_text(json.dumps({"parameters": params, "seconds": timings[name]}))
+    (out_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+    return timings

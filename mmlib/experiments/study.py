@@ -1,0 +1,254 @@
+"""The study's experiments, one function per notebook, each returning tidy result rows.
+
+Models are named and configured by `sd_config` / `md_config`, so a model trained in one notebook
+(e.g. the single-database models of 01) is found again by later ones (03, 04) when the preset,
+databases and seed match. Rows follow docs/RESULTS_SCHEMA.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
+from mmlib.data.modalities import sort_modalities
+from mmlib.experiments.common import (Database, as_preset, config_key, ensure_twins, load_databases,
+                                      train_or_load)
+from mmlib.presets import Preset
+
+#: The paper's limited-label fine-tuning sets (Table 6): 20 cases, 50 for TBI.
+PAPER_LIMITED_LABELS = {"BRATS": 20, "ATLAS": 20, "MSSEG": 20, "TBI": 50, "WMH": 20}
+#: Table 4's test modality sets.
+NEW_MODALITY_SETS = {"ISLES": (("T1",), ("T1", "T2"), ("FLAIR", "T1", "T2")), "TUMOR2": (("T1",),)}
+
+
+@dataclass
+class Study:
+    """Where a study runs: preset, output folder (models, cache, results), data, device.
+
+    `data_root` None means the synthetic twins, made once in out_dir/data.
+    """
+
+    out_dir: Path
+    preset: Preset | str = "quick"
+    data_root: Path | None = None
+    device: str = "auto"
+    seeds: tuple[int, ...] | None = None
+    progress: bool = True
+    _dbs: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        self.preset = as_preset(self.preset)
+        if self.seeds is None:
+            self.seeds = tuple(self.preset.seeds)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.out_dir / "models"
+
+    def databases(self, names) -> dict[str, Database]:
+        """Prepared databases by name (made, preprocessed and cached on first use)."""
+        missing = [n for n in names if n not in self._dbs]
+        if missing:
+            root = self.data_root
+            if root is None:
+                root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress)
+            self._dbs.update(load_databases(missing, self.preset, root, self.out_dir / "cache",
+                                            progress=self.progress))
+        return {n: self._dbs[n] for n in names}
+
+    def evaluate(self, model, cmap, cases, rows_extra: dict, subsets=None, all_combinations=False):
+        """Tidy rows for `cases`: every modality combination, the given subsets, or all modalities."""
+        from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases
+
+        kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
+                  model_name=rows_extra["model"], progress=self.progress)
+        extra = {k: v for k, v in rows_extra.items() if k != "model"}
+        extra["preset"] = self.preset.name
+        if all_combinations:
+            frames = [evaluate_all_combinations(model, cases, cmap, extra=extra, **kw)]
+        elif subsets:
+            frames = [evaluate_cases(model, cases, cmap, subset=s, extra=extra, **kw) for s in subsets]
+        else:
+            frames = [evaluate_cases(model, cases, cmap, extra=extra, **kw)]
+        df = pd.concat(frames, ignore_index=True)
+        if cases:
+            full = {c.database: "+".join(sort_modalities(c.modalities)) for c in cases}
+            df["all_modalities"] = df["subset"] == df["database"].map(full)
+        return df
+
+
+def sd_config(database: str, arch: str, drop: bool, seed: int, modalities=()) -> dict:
+    """A single-database model. With one modality, drop changes nothing: train it once."""
+    effective_drop = bool(drop) and len(modalities) != 1
+    return {"name": f"SD-{database}-{arch}-{'drop' if effective_drop else 'nodrop'}", "arch": arch,
+            "drop": effective_drop, "seed": seed, "databases": [database]}
+
+
+def md_config(arch: str, drop: bool, seed: int, databases=TRAINING_DATABASES) -> dict:
+    """A model trained jointly on `databases` (MD: all five; LOO: four)."""
+    tag = "MD" if tuple(databases) == TRAINING_DATABASES else "LOO-" + "".join(
+        d[:2] for d in TRAINING_DATABASES if d not in databases)
+    return {"name": f"{tag}-{arch}-{'drop' if drop else 'nodrop'}", "arch": arch, "drop": bool(drop),
+            "seed": seed, "databases": list(databases)}
+
+
+def _train(study: Study, config: dict, **kw):
+    dbs = study.databases(config["databases"])
+    return train_or_load(config, {n: d.train for n, d in dbs.items()}, study.preset,
+                         study.models_dir, device=study.device, progress=study.progress, **kw)
+
+
+def _row_extra(config: dict, training: str, drop_label: bool | None = None, **more) -> dict:
+    return {"model": config["name"], "arch": config["arch"], "training": training,
+            "train_databases": "+".join(config["databases"]),
+            "drop": config["drop"] if drop_label is None else drop_label, "seed": config["seed"],
+            "method": "", "labels": "", **more}
+
+
+def single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiunet",),
+                    drops=(False, True)) -> pd.DataFrame:
+    """Table 2 and the SD rows of Table 3: per database, arch, drop and seed one model,
+    evaluated on its test cases with every combination of modalities."""
+    frames = []
+    for name, db in study.databases(databases).items():
+        for arch in archs:
+            for drop in drops:
+                for seed in study.seeds:
+                    config = sd_config(name, arch, drop, seed, db.manifest.modalities)
+                    model, cmap, _ = _train(study, config)
+                    frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "SD", drop),
+                                                 all_combinations=True))
+    return pd.concat(frames, ignore_index=True)
+
+
+def joint_training(study: Study, variants=(("multiunet", True), ("multiunet", False), ("mafunet", True)),
+                   all_combinations: bool = False) -> pd.DataFrame:
+    """Table 3 (and 7-8): models trained on the five training databases at once."""
+    dbs = study.databases(TRAINING_DATABASES)
+    frames = []
+    for arch, drop in variants:
+        for seed in study.seeds:
+            config = md_config(arch, drop, seed)
+            model, cmap, _ = _train(study, config)
+            for db in dbs.values():
+                frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "MD"),
+                                             all_combinations=all_combinations))
+    return pd.concat(frames, ignore_index=True)
+
+
+def new_modality_sets(study: Study) -> pd.DataFrame:
+    """Table 4 (and 9-10): ISLES with T1; T1,T2; FLAIR,T1,T2 and Tumor 2 with T1, segmented by
+    the ATLAS-only, BRATS-only (drop) and joint (with and without drop) models."""
+    targets = study.databases(EVALUATION_DATABASES)
+    frames = []
+    for seed in study.seeds:
+        atlas = study.databases(["ATLAS"])["ATLAS"].manifest.modalities
+        brats = study.databases(["BRATS"])["BRATS"].manifest.modalities
+        configs = [(sd_config("ATLAS", "multiunet", False, seed, atlas), "SD"),
+                   (sd_config("BRATS", "multiunet", True, seed, brats), "SD"),
+                   (md_config("multiunet", False, seed), "MD"),
+                   (md_config("multiunet", True, seed), "MD")]
+        for config, training in configs:
+            model, cmap, _ = _train(study, config)
+            for name, sets in NEW_MODALITY_SETS.items():
+                usable = [s for s in sets if all(m in cmap.modalities for m in s)]
+                if usable:
+                    frames.append(study.evaluate(model, cmap, targets[name].test,
+                                                 _row_extra(config, training), subsets=usable))
+    return pd.concat(frames, ignore_index=True)
+
+
+def flair_or_t1(modalities) -> tuple[str]:
+    """Table 5's single test modality: FLAIR where the database has it, else T1."""
+    return ("FLAIR",) if "FLAIR" in modalities else ("T1",)
+
+
+def limited_label_count(database: Database) -> int:
+    """Table 6's limited set (20 cases, 50 for TBI), scaled to this twin's size."""
+    paper = PAPER_LIMITED_LABELS.get(database.name, 20)
+    n = len(database.train)
+    if n >= database.manifest.split_train:
+        return paper
+    return max(2, min(n, round(paper * n / database.manifest.split_train)))
+
+
+def _held_out_map(cmap, held_out: Database):
+    """The LOO model's channel map with the held-out database's new modalities assigned
+    to free channels (Appendix B)."""
+    from mmlib.models import assign_new_modalities
+
+    new = [m for m in held_out.manifest.modalities if m not in cmap.modalities]
+    if not new:
+        return cmap
+    mapping = assign_new_modalities(cmap.modalities, held_out.manifest.modalities)
+    return cmap.with_assignments({m: mapping[m] for m in new})
+
+
+def unseen_pathologies(study: Study, targets=TRAINING_DATABASES, finetune: bool = True,
+                       finetune_fraction: float = 0.5) -> pd.DataFrame:
+    """Tables 5 and 6: per held-out database a joint model of the other four (with drop),
+    0-shot on the held-out test cases (FLAIR-or-T1 and all modalities), then scratch,
+    fine-tuned and progressive models with limited and with all training labels.
+
+    Fine-tuning runs for `finetune_fraction` of the preset's steps."""
+    import copy
+
+    from mmlib.models import ProgressiveUNet, build_model
+
+    frames = []
+    for target in targets:
+        held = study.databases([target])[target]
+        others = [d for d in TRAINING_DATABASES if d != target]
+        for seed in study.seeds:
+            config = md_config("multiunet", True, seed, others)
+            loo, cmap, ckpt = _train(study, config)
+            cmap = _held_out_map(cmap, held)
+            extra = _row_extra(config, "LOO", held_out=target)
+            frames.append(study.evaluate(loo, cmap, held.test, extra,
+                                         subsets=[flair_or_t1(held.manifest.modalities), None]))
+            if not finetune:  # Table 6's 0-shot column is these LOO rows
+                continue
+            steps = max(1, round(study.preset.steps * finetune_fraction)) if study.preset.steps else None
+            for labels in ("limited", "all"):
+                n = limited_label_count(held) if labels == "limited" else len(held.train)
+                train_cases = held.train[:n]
+                starts = {"scratch": ("multiunet", lambda: build_model("multiunet", len(cmap), study.preset.width)),
+                          "finetune": ("multiunet", lambda: copy.deepcopy(loo)),
+                          "progressive": ("progressive", lambda: ProgressiveUNet(loo))}
+                for method, (arch, init) in starts.items():
+                    ft = {"name": f"FT-{target}-{method}-{labels}", "arch": arch, "drop": True,
+                          "seed": seed, "databases": [target], "n_cases": n,
+                          "from": config_key({"ckpt": str(ckpt.parent.name)}) if method != "scratch" else "",
+                          "channels": cmap.to_dict()}
+                    model, _, _ = train_or_load(ft, {target: train_cases}, study.preset, study.models_dir,
+                                                device=study.device, progress=study.progress,
+                                                channel_map=cmap, init=init, steps=steps)
+                    frames.append(study.evaluate(model, cmap, held.test, {
+                        "model": ft["name"], "arch": arch, "training": "finetune", "train_databases": target,
+                        "drop": True, "seed": seed, "method": method, "labels": labels,
+                        "held_out": target, "n_train_cases": n}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def save_results(df: pd.DataFrame, out_dir: Path, name: str) -> Path:
+    """Write tidy rows to out_dir/results/<name>.csv atomically (temp file, then rename)."""
+    import os
+
+    path = Path(out_dir) / "results" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(out_dir: Path) -> pd.DataFrame:
+    """Every tidy results CSV of a study folder, concatenated."""
+    files = sorted((Path(out_dir) / "results").glob("*.csv"))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
