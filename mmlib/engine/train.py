@@ -81,7 +81,9 @@ def train(
     config = {"in_channels": len(cmap), **config,
               "steps": steps, "lr": lr, "lr_drop_step": lr_drop_step, "seed": seed}
 
-    model.to(device)
+    # Channels-last 3D memory is about a quarter faster for these convs on CPU (benchmarks/).
+    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     # Mixed precision only on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16.
     use_amp = amp and device.type == "cuda"
@@ -115,7 +117,7 @@ def train(
         for step in bar:
             before = (rng_state(), _data_state(batches))
             batch = next(batch_iter)
-            x = torch.as_tensor(batch["x"]).to(device, non_blocking=True)
+            x = torch.as_tensor(batch["x"]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = torch.as_tensor(batch["y"]).to(device, non_blocking=True)
             valid = torch.as_tensor(batch["valid"]).to(device, non_blocking=True)
             present = torch.as_tensor(batch["present"]).to(device, non_blocking=True)
