@@ -1,0 +1,15 @@
+"""Repository-level pytest setup: the notebooks run under nbval at the smoke preset.
+
+nbval executes each notebook as it is; its parameters cell reads MMLIB_PRESET and
+MMLIB_STUDY_OUT, so the suite runs the whole study at the smoke scale into one temporary
+folder (notebooks run in name order and reuse each other's models there).
+"""
+
+import os
+import tempfile
+
+
+def pytest_configure(config):
+    os.environ.setdefault("MMLIB_PRESET", "smoke")
+    os.environ.setdefault("MMLIB_STUDY_OUT", tempfile.mkdtemp(prefix="mmlib-nbval-"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
