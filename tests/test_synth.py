@@ -1,0 +1,197 @@
+"""Synthetic twins: layouts, reproducibility, counts, labels, modalities and lesion contrast."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmlib.data.manifest import ALL_DATABASES, load_manifest, manifest_dir
+from mmlib.data.readers import find_cases, read_case
+from mmlib.data.synth import best_threshold_dice, generate_case, make_twins, synth_case_counts
+from mmlib.data.synth.twins import site_scanners
+from mmlib.errors import MMLibError
+
+SMOKE_VOXEL_MM = 6.0
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> dict[str, Path]:
+    """The smoke twins of all seven databases, seed 0."""
+    return make_twins(tmp_path_factory.mktemp("twins"), "smoke", seed=0, progress=False)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@functools.lru_cache(maxsize=None)
+def _case(name: str, index: int = 0, seed: int = 0):
+    m = load_manifest(manifest_dir() / f"{name}.yaml")
+    n = synth_case_counts("smoke")[name]
+    return m, generate_case(m, SMOKE_VOXEL_MM, seed, index, n, site_scanners(m, seed))
+
+
+def test_twins_are_written_for_every_database(twins):
+    assert set(twins) == set(ALL_DATABASES)
+    assert all(twins[n] == twins[n].parent / n for n in ALL_DATABASES)
+
+
+@pytest.mark.parametrize("name", ALL_DATABASES)
+def test_twin_is_found_in_its_release_layout(twins, manifests, name):
+    cases = find_cases(manifests[name], twins[name])
+    assert len(cases) == synth_case_counts("smoke")[name]
+    for c in cases:
+        assert not c.problems, c.problems
+        assert c.label is not None and all(p is not None for p in c.images.values())
+
+
+def test_layouts_follow_the_real_releases(twins):
+    assert (twins["BRATS"] / "imagesTr" / "BRATS_001.nii.gz").is_file()
+    assert (twins["BRATS"] / "labelsTr" / "BRATS_001.nii.gz").is_file()
+    assert list((twins["ATLAS"] / "ATLAS_2" / "Training").glob(
+        "R*/sub-r*s*/ses-1/anat/sub-r*s*_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"))
+    assert (twins["WMH"] / "training" / "Utrecht" / "0" / "pre" / "FLAIR.nii.gz").is_file()
+    assert list((twins["ISLES"] / "Training").glob("*/VSD.Brain.XX.O.MR_Flair.*/VSD.Brain.XX.O.MR_Flair.*.nii"))
+    assert list(twins["MSSEG"].glob("Center_*/Patient_*/Preprocessed_Data/GADO_preprocessed.nii.gz"))
+    assert list(twins["TBI"].glob("derivatives/lesions/sub-*/sub-*_desc-lesion_mask.nii.gz"))
+
+
+def test_brats_dataset_json_names_the_channels(twins):
+    meta = json.loads((twins["BRATS"] / "dataset.json").read_text())
+    assert meta["modality"] == {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+    assert meta["numTraining"] == synth_case_counts("smoke")["BRATS"]
+
+
+def test_same_seed_gives_identical_bytes(twins, tmp_path):
+    again = make_twins(tmp_path, "smoke", seed=0, databases=["ISLES", "WMH", "BRATS"], progress=False)
+    for name, root in again.items():
+        assert _files(root) == _files(twins[name]), name
+
+
+def test_another_seed_gives_other_cases(twins, tmp_path):
+    other = make_twins(tmp_path, "smoke", seed=1, databases=["ISLES"], progress=False)["ISLES"]
+    a, b = _files(twins["ISLES"]), _files(other)
+    assert set(a) != set(b) or any(a[k] != b[k] for k in a)
+    assert [p for p in b if "MR_DWI" in p] and all(a.get(k) != v for k, v in b.items() if "MR_DWI" in k)
+
+
+def test_case_counts_follow_the_preset():
+    assert synth_case_counts("smoke") == {n: 4 for n in ALL_DATABASES}
+    quick = synth_case_counts("quick")
+    for name in ALL_DATABASES:
+        paper = load_manifest(manifest_dir() / f"{name}.yaml").split_cases
+        assert quick[name] == min(48, max(12, round(0.1 * paper)))
+    assert quick["BRATS"] > quick["MSSEG"]
+
+
+@pytest.mark.parametrize("name", ALL_DATABASES)
+def test_labels_and_modalities_are_the_manifests(twins, manifests, name):
+    m = manifests[name]
+    values = set()
+    for c in find_cases(m, twins[name]):
+        raw = read_case(m, c)
+        assert tuple(raw.images) == m.modalities
+        lab = np.asarray(raw.label.dataobj)
+        assert (lab > 0).any(), f"{c.case_id} has an empty label"
+        values |= set(np.unique(lab).tolist())
+    assert values <= {0, *m.lesion_values, *m.ignore_values}
+    assert 1 in values
+    if name == "BRATS":
+        assert values == {0, 1, 2, 3}
+
+
+def test_wmh_marks_other_pathology_with_label_2(tmp_path):
+    m = load_manifest(manifest_dir() / "WMH.yaml")
+    scanners = site_scanners(m, 0)
+    found = any((generate_case(m, SMOKE_VOXEL_MM, 0, i, 12, scanners).label == 2).any() for i in range(12))
+    assert found
+
+
+@pytest.mark.parametrize("name", ALL_DATABASES)
+def test_lesions_lie_inside_the_brain(name):
+    m, case = _case(name)
+    lesion = case.label > 0
+    assert lesion.any()
+    assert (lesion & case.brain).sum() >= 0.95 * lesion.sum()
+
+
+def test_skull_stripped_twins_are_zero_outside_the_brain():
+    for name in ("BRATS", "MSSEG", "ISLES", "TBI", "TUMOR2"):
+        m, case = _case(name)
+        for img in case.images.values():
+            assert (img[~case.brain] == 0).all() and (img[case.brain] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["ATLAS", "WMH"])
+def test_unstripped_twins_keep_skull_and_background(name):
+    m, case = _case(name)
+    img = case.images[m.modalities[-1] if name == "WMH" else "T1"]   # T1 shows the scalp fat bright
+    outside = img[~case.brain]
+    assert (outside > 0).mean() > 0.5                     # noise floor, skull and scalp are not zeroed
+    assert np.percentile(outside, 99.5) > np.median(img[case.brain])   # a bright scalp rim
+
+
+def _lesion_vs_wm(name: str, modality: str, values=None) -> list[tuple[float, float]]:
+    out = []
+    for i in range(2):
+        m, case = _case(name, i)
+        lesion = np.isin(case.label, values or m.lesion_values) & case.brain
+        wm = case.wm & (case.label == 0)
+        img = case.images[modality]
+        out.append((float(img[lesion].mean()), float(img[wm].mean())))
+    return out
+
+
+@pytest.mark.parametrize("name,modality,sign", [
+    ("ATLAS", "T1", -1),      # chronic stroke cavity: darker than white matter on T1
+    ("ISLES", "DWI", +1),     # sub-acute stroke: restricted diffusion
+    ("ISLES", "FLAIR", +1),
+    ("BRATS", "FLAIR", +1),   # tumour and oedema bright on FLAIR
+    ("TUMOR2", "T1", -1),
+    ("MSSEG", "FLAIR", +1),
+    ("MSSEG", "PD", +1),
+    ("WMH", "FLAIR", +1),
+    ("TBI", "FLAIR", +1),
+])
+def test_lesion_contrast_has_the_designed_sign(name, modality, sign):
+    for lesion, wm in _lesion_vs_wm(name, modality):
+        assert sign * (lesion - wm) > 0, (lesion, wm)
+
+
+def test_enhancing_tumour_is_brightest_on_t1c():
+    m, case = _case("BRATS")
+    enh = case.label == 3
+    if not enh.any():
+        pytest.skip("no enhancing tumour in this case")
+    t1c, t1 = case.images["T1c"], case.images["T1"]
+    wm = case.wm & (case.label == 0)
+    assert t1c[enh].mean() / t1c[wm].mean() > t1[enh].mean() / t1[wm].mean()
+
+
+def test_best_threshold_dice_finds_a_perfect_threshold():
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 1, (20, 20, 20))
+    lab = np.zeros(img.shape, np.uint8)
+    lab[5:10, 5:10, 5:10] = 1
+    img[lab == 1] += 20
+    res = best_threshold_dice([{"FLAIR": img}], [lab], [np.ones(img.shape, bool)])
+    mod, direction, dice, _ = res["best"]
+    assert (mod, direction) == ("FLAIR", "above") and dice > 0.99
+    assert res["per_modality"][("FLAIR", "below")][0] < 0.2
+
+
+def test_rerun_replaces_a_twin_and_refuses_foreign_folders(tmp_path):
+    root = make_twins(tmp_path, "smoke", seed=0, databases=["TUMOR2"], progress=False)["TUMOR2"]
+    (root / "sub-999").mkdir()
+    make_twins(tmp_path, "smoke", seed=0, databases=["TUMOR2"], progress=False)
+    assert not (root / "sub-999").exists()
+    foreign = tmp_path / "other" / "TUMOR2"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(MMLibError):
+        make_twins(tmp_path / "other", "smoke", seed=0, databases=["TUMOR2"], progress=False)
+    assert (foreign / "notes.txt").read_text() == "mine"
