@@ -96,7 +96,35 @@ def md_config(arch: str, drop: bool, seed: int, databases=TRAINING_DATABASES) ->
             "seed": seed, "databases": list(databases)}
 
 
+def _fraction_steps(preset: Preset, key: str) -> int | None:
+    """The preset's `steps` scaled by its study[key] fraction (None: the full schedule)."""
+    fraction = preset.study.get(key, 1.0)
+    if not preset.steps or fraction >= 1.0:
+        return None
+    return max(1, round(preset.steps * fraction))
+
+
+def parse_variant(variant: str) -> tuple[str, bool]:
+    """'multiunet+drop' -> ('multiunet', True); 'mafunet' -> ('mafunet', False)."""
+    arch, _, drop = variant.partition("+")
+    return arch, drop == "drop"
+
+
+def describe_cuts(preset: Preset) -> str:
+    """One line naming what this preset cuts from the paper's protocol (printed under tables)."""
+    s = preset.study
+    parts = [f"{preset.spacing_mm:g} mm voxels", f"{preset.crop}^3 crops", f"width x{preset.width:g}",
+             f"{preset.steps or preset.epochs} {'steps' if preset.steps else 'epochs'} "
+             f"(single-database x{s.get('sd_fraction', 1):g}, fine-tuning x{s.get('finetune_fraction', 1):g})",
+             f"{len(preset.seeds)} seed(s)",
+             f"LFUnet/MAFUnet single-database on {', '.join(s.get('fusion_databases', [])) or 'none'}",
+             f"leave-one-out on {', '.join(s.get('loo_targets', []))}"]
+    return f"preset {preset.name}: " + "; ".join(parts)
+
+
 def _train(study: Study, config: dict, **kw):
+    if config["name"].startswith("SD-") and "steps" not in kw:
+        kw["steps"] = _fraction_steps(study.preset, "sd_fraction")
     dbs = study.databases(config["databases"])
     return train_or_load(config, {n: d.train for n, d in dbs.items()}, study.preset,
                          study.models_dir, device=study.device, progress=study.progress, **kw)
@@ -125,12 +153,13 @@ def single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiune
     return pd.concat(frames, ignore_index=True)
 
 
-def joint_training(study: Study, variants=(("multiunet", True), ("multiunet", False), ("mafunet", True)),
-                   all_combinations: bool = False) -> pd.DataFrame:
-    """Table 3 (and 7-8): models trained on the five training databases at once."""
+def joint_training(study: Study, variants=None, all_combinations: bool = False) -> pd.DataFrame:
+    """Table 3 (and 7-8): models trained on the five training databases at once.
+    `variants`: e.g. ['multiunet+drop', 'multiunet'] (default: the preset's joint_variants)."""
     dbs = study.databases(TRAINING_DATABASES)
+    variants = variants or study.preset.study.get("joint_variants", ["multiunet+drop"])
     frames = []
-    for arch, drop in variants:
+    for arch, drop in map(parse_variant, variants):
         for seed in study.seeds:
             config = md_config(arch, drop, seed)
             model, cmap, _ = _train(study, config)
@@ -188,19 +217,19 @@ def _held_out_map(cmap, held_out: Database):
     return cmap.with_assignments({m: mapping[m] for m in new})
 
 
-def unseen_pathologies(study: Study, targets=TRAINING_DATABASES, finetune: bool = True,
-                       finetune_fraction: float = 0.5) -> pd.DataFrame:
+def unseen_pathologies(study: Study, targets=None, finetune: bool = True) -> pd.DataFrame:
     """Tables 5 and 6: per held-out database a joint model of the other four (with drop),
     0-shot on the held-out test cases (FLAIR-or-T1 and all modalities), then scratch,
     fine-tuned and progressive models with limited and with all training labels.
 
-    Fine-tuning runs for `finetune_fraction` of the preset's steps."""
+    `targets`: held-out databases (default: the preset's loo_targets). Fine-tuning runs for the
+    preset's finetune_fraction of its steps."""
     import copy
 
     from mmlib.models import ProgressiveUNet, build_model
 
     frames = []
-    for target in targets:
+    for target in targets or study.preset.study.get("loo_targets", TRAINING_DATABASES):
         held = study.databases([target])[target]
         others = [d for d in TRAINING_DATABASES if d != target]
         for seed in study.seeds:
@@ -212,7 +241,7 @@ def unseen_pathologies(study: Study, targets=TRAINING_DATABASES, finetune: bool 
                                          subsets=[flair_or_t1(held.manifest.modalities), None]))
             if not finetune:  # Table 6's 0-shot column is these LOO rows
                 continue
-            steps = max(1, round(study.preset.steps * finetune_fraction)) if study.preset.steps else None
+            steps = _fraction_steps(study.preset, "finetune_fraction")
             for labels in ("limited", "all"):
                 n = limited_label_count(held) if labels == "limited" else len(held.train)
                 train_cases = held.train[:n]
