@@ -26,6 +26,7 @@ class Preset:
     batch_per_database: int
     rotate_p: float
     lesion_crop_p: float
+    dice_batch: bool
     amp: bool
     sw_overlap: float
     seeds: tuple[int, ...]

@@ -109,6 +109,7 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
         lr_drop = max(1, round(steps * full_drop / max(1, full_steps)))
     full["arch"] = config["arch"]
     full["width"] = preset.width
+    full["dice_batch"] = preset.dice_batch
     result = train(model, batches, steps=steps, lr=preset.lr, lr_drop_step=lr_drop, out_dir=run_dir,
                    config=full, channel_map=channel_map.to_dict(), device=device, amp=preset.amp,
                    progress=progress, seed=int(config["seed"]))
