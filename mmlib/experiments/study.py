@@ -16,6 +16,7 @@ from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
 from mmlib.data.modalities import sort_modalities
 from mmlib.experiments.common import (Database, as_preset, config_key, ensure_twins, load_databases,
                                       train_or_load)
+from mmlib.experiments.tables import single_test_modality
 from mmlib.presets import Preset
 
 #: The paper's limited-label fine-tuning sets (Table 6): 20 cases, 50 for TBI.
@@ -191,11 +192,6 @@ def new_modality_sets(study: Study) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def flair_or_t1(modalities) -> tuple[str]:
-    """Table 5's single test modality: FLAIR where the database has it, else T1."""
-    return ("FLAIR",) if "FLAIR" in modalities else ("T1",)
-
-
 def limited_label_count(database: Database) -> int:
     """Table 6's limited set (20 cases, 50 for TBI), scaled to this twin's size."""
     paper = PAPER_LIMITED_LABELS.get(database.name, 20)
@@ -238,7 +234,7 @@ def unseen_pathologies(study: Study, targets=None, finetune: bool = True) -> pd.
             cmap = _held_out_map(cmap, held)
             extra = _row_extra(config, "LOO", held_out=target)
             frames.append(study.evaluate(loo, cmap, held.test, extra,
-                                         subsets=[flair_or_t1(held.manifest.modalities), None]))
+                                         subsets=[(single_test_modality(held.manifest.modalities),), None]))
             if not finetune:  # Table 6's 0-shot column is these LOO rows
                 continue
             steps = _fraction_steps(study.preset, "finetune_fraction")

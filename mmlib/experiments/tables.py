@@ -242,9 +242,14 @@ def database_modalities(results: pd.DataFrame, database: str) -> tuple[str, ...]
         return ()
 
 
+def single_test_modality(modalities) -> str:
+    """Table 5's 'FLAIR or T1' rule: FLAIR if the database has it, else T1."""
+    return "FLAIR" if "FLAIR" in modalities else "T1"
+
+
 def flair_or_t1(results: pd.DataFrame, database: str) -> str:
-    """Table 5's 'FLAIR or T1' subset: FLAIR alone if the database has FLAIR, else T1."""
-    return "FLAIR" if "FLAIR" in database_modalities(results, database) else "T1"
+    """Table 5's 'FLAIR or T1' subset of a database seen in `results`."""
+    return single_test_modality(database_modalities(results, database))
 
 
 def _table5_where(df: pd.DataFrame) -> Callable[[str, str], dict[str, Any] | None]:

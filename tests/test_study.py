@@ -1,0 +1,52 @@
+"""The study's bookkeeping: model configs, Appendix B channel assignment, limited-label counts."""
+
+from __future__ import annotations
+
+from mmlib.data.loaders import ChannelMap
+from mmlib.data.manifest import load_manifest
+from mmlib.experiments.common import Database, config_key
+from mmlib.experiments.study import (_held_out_map, describe_cuts, limited_label_count, md_config,
+                                     parse_variant, sd_config)
+from mmlib.presets import load_preset
+
+
+def test_variants_parse_architecture_and_drop():
+    assert parse_variant("multiunet+drop") == ("multiunet", True)
+    assert parse_variant("mafunet") == ("mafunet", False)
+
+
+def test_a_one_modality_database_trains_one_model_for_drop_and_no_drop():
+    with_drop = sd_config("ATLAS", "multiunet", True, 0, ("T1",))
+    without = sd_config("ATLAS", "multiunet", False, 0, ("T1",))
+    assert config_key(with_drop) == config_key(without)
+    assert config_key(sd_config("WMH", "multiunet", True, 0, ("FLAIR", "T1"))) != \
+        config_key(sd_config("WMH", "multiunet", False, 0, ("FLAIR", "T1")))
+
+
+def test_joint_and_leave_one_out_models_are_named_apart():
+    assert md_config("multiunet", True, 0)["name"] == "MD-multiunet-drop"
+    loo = md_config("multiunet", True, 0, ["ATLAS", "MSSEG", "TBI", "WMH"])
+    assert loo["name"].startswith("LOO-") and "BR" in loo["name"]
+
+
+def test_held_out_tbi_maps_swi_to_the_pd_channel():
+    cmap = ChannelMap.from_databases([("FLAIR", "T1", "T1c", "T2"), ("T1",), ("FLAIR", "T1", "T1c", "T2", "PD"),
+                                      ("FLAIR", "T1")])
+    tbi = Database(load_manifest("TBI"), [], [])
+    mapped = _held_out_map(cmap, tbi)
+    assert mapped.index("SWI") == cmap.index("PD")
+    assert mapped.index("FLAIR") == cmap.index("FLAIR")
+
+
+def test_limited_labels_scale_with_the_twin_and_stay_the_papers_on_real_sizes():
+    brats = load_manifest("BRATS")
+    assert limited_label_count(Database(brats, list(range(444)), [])) == 20
+    small = limited_label_count(Database(brats, list(range(44)), []))
+    assert small == 2
+    tbi = load_manifest("TBI")
+    assert limited_label_count(Database(tbi, list(range(16)), [])) == max(2, round(50 * 16 / 156))
+
+
+def test_the_cuts_line_names_what_the_preset_changes():
+    line = describe_cuts(load_preset("quick"))
+    assert "3 mm" in line and "width x0.25" in line and "leave-one-out on" in line
