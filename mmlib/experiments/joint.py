@@ -68,7 +68,7 @@ def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch
     for name, db in dbs.items():
         frames.append(evaluate_all_combinations(
             model, db.test, cmap, roi=preset.crop, overlap=preset.sw_overlap, device=device,
-            model_name=config["name"], extra={"seed": seed, "preset": preset.name}))
+            model_name=config["name"], extra={"seed": seed, "preset": preset.name}, progress=progress))
     results = pd.concat(frames, ignore_index=True)
     baseline = threshold_baseline([c for d in dbs.values() for c in d.train],
                                   [c for d in dbs.values() for c in d.test])
