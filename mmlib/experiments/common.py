@@ -100,14 +100,12 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
                            batch_per_database=preset.batch_per_database, drop=bool(config["drop"]),
                            rotate_p=preset.rotate_p, lesion_crop_p=preset.lesion_crop_p,
                            seed=int(config["seed"]))
+    full_steps = preset.steps or preset.epochs * batches.epoch_length()
+    full_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
     if steps is None:
-        steps = preset.steps or preset.epochs * batches.epoch_length()
-        lr_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
+        steps, lr_drop = full_steps, full_drop
     else:  # a shorter schedule (fine-tuning): drop the learning rate at the same fraction
-        full_steps = preset.steps or preset.epochs * batches.epoch_length()
-        full_drop = preset.lr_drop_step or preset.lr_drop_epoch * batches.epoch_length()
         lr_drop = max(1, round(steps * full_drop / max(1, full_steps)))
-    full["arch"] = config["arch"]
     full["width"] = preset.width
     full["dice_batch"] = preset.dice_batch
     result = train(model, batches, steps=steps, lr=preset.lr, lr_drop_step=lr_drop, out_dir=run_dir,

@@ -41,8 +41,9 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
             raise MMLibError("notebook not found", src)
         dst = done_dir / f"{name}.ipynb"
         stamp = done_dir / f"{name}.done.json"
-        if stamp.is_file() and json.loads(stamp.read_text()).get("parameters") == params and dst.is_file():
-            timings[name] = json.loads(stamp.read_text())["seconds"]
+        done = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if done.get("parameters") == params and dst.is_file():
+            timings[name] = done["seconds"]
             print(f"[study] {name}: done earlier with the same parameters, kept")
             continue
         stamp.unlink(missing_ok=True)
