@@ -35,6 +35,8 @@ class Preset:
     study: dict = field(default_factory=dict)
     epochs: int = 0
     lr_drop_epoch: int = 0
+    min_batch: int = 1
+    train_processes: int = 1
 
     def with_(self, **changes) -> "Preset":
         """A copy with some fields changed (e.g. a papermill parameter overriding steps)."""

@@ -49,4 +49,42 @@ def test_limited_labels_scale_with_the_twin_and_stay_the_papers_on_real_sizes():
 
 def test_the_cuts_line_names_what_the_preset_changes():
     line = describe_cuts(load_preset("quick"))
-    assert "3 mm" in line and "width x0.25" in line and "leave-one-out on" in line
+    assert "3 mm" in line and "width x0.5" in line and "leave-one-out on WMH" in line
+    assert "1 crop(s) per database per step (single-database: 2)" in line
+    assert "joint: multiunet+drop, multiunet" in line
+
+
+def test_a_batch_holds_at_least_min_batch_crops():
+    from mmlib.experiments.common import batch_per_database
+
+    quick = load_preset("quick")
+    assert (quick.batch_per_database, quick.min_batch) == (1, 2)
+    assert batch_per_database(quick, 1) == 2   # a single-database model: 2 crops, not 1
+    assert batch_per_database(quick, 5) == 1   # joint: one from each of five
+    assert batch_per_database(load_preset("standard"), 1) == 2
+
+
+def test_models_trained_side_by_side_are_the_grid_and_are_reused(tmp_path):
+    import pytest
+
+    from mmlib.errors import MMLibError
+    from mmlib.experiments.study import Study, TrainJob, single_database
+
+    study = Study(tmp_path, "smoke", progress=False, processes=2)
+    rows = single_database(study, ["WMH", "ATLAS"], drops=(False, True))
+    finals = sorted((tmp_path / "models").glob("*/final.pt"))
+    # ATLAS has one modality, so its drop model is its no-drop model: 3 models, not 4.
+    assert sorted(p.parent.name.rsplit("-", 1)[0] for p in finals) == [
+        "SD-ATLAS-multiunet-nodrop", "SD-WMH-multiunet-drop", "SD-WMH-multiunet-nodrop"]
+    assert rows.model.nunique() == 3 and set(rows.database) == {"WMH", "ATLAS"}
+    stamps = {p: p.stat().st_mtime_ns for p in finals}
+    again = single_database(Study(tmp_path, "smoke", progress=False, processes=2), ["WMH", "ATLAS"])
+    assert {p: p.stat().st_mtime_ns for p in finals} == stamps  # found, not retrained
+    assert again.dice.tolist() == rows.dice.tolist()
+
+    bad = TrainJob(md_config("multiunet", True, 0, ["WMH"]) | {"name": "bad-start"}, steps=2,
+                   init=("bogus", str(finals[0])))
+    good = TrainJob(md_config("multiunet", True, 0, ["ATLAS"]) | {"name": "good"}, steps=2)
+    with pytest.raises(MMLibError, match="bad-start.*unknown way to start"):
+        study.train_all([bad, good])
+    assert not list((tmp_path / "models").glob("bad-start-*/final.pt"))

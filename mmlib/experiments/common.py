@@ -72,6 +72,18 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def model_dir(config: dict, preset: Preset, models_dir: Path, steps: int | None = None) -> Path:
+    """Where the model `config` describes is saved: models_dir/<name>-<hash of config, preset, steps>."""
+    full = dict(config, preset=asdict(preset), steps_override=steps)
+    return Path(models_dir) / f"{config.get('name', config['arch'])}-{config_key(full)}"
+
+
+def batch_per_database(preset: Preset, n_databases: int) -> int:
+    """Crops per database per step: the preset's, raised so a batch holds at least `min_batch`
+    crops (on CPU a batch of one picks a slow convolution kernel)."""
+    return max(preset.batch_per_database, -(-preset.min_batch // max(1, n_databases)))
+
+
 def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], preset: Preset,
                   models_dir: Path, device: str = "auto", progress: bool = True, channel_map=None,
                   init=None, steps: int | None = None):
@@ -88,7 +100,7 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
     from mmlib.models import build_model
 
     full = dict(config, preset=asdict(preset), steps_override=steps)
-    run_dir = Path(models_dir) / f"{config.get('name', config['arch'])}-{config_key(full)}"
+    run_dir = model_dir(config, preset, models_dir, steps)
     final = run_dir / "final.pt"
     if final.is_file():
         model, cmap, _ = load_model(final, device=device)
@@ -97,7 +109,7 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
         channel_map = ChannelMap.from_databases([c[0].modalities for c in train_sets.values() if c])
     model = init() if init is not None else build_model(config["arch"], len(channel_map), preset.width)
     batches = JointBatches(train_sets, channel_map, crop=preset.crop,
-                           batch_per_database=preset.batch_per_database, drop=bool(config["drop"]),
+                           batch_per_database=batch_per_database(preset, len(train_sets)), drop=bool(config["drop"]),
                            rotate_p=preset.rotate_p, lesion_crop_p=preset.lesion_crop_p,
                            seed=int(config["seed"]))
     full_steps = preset.steps or preset.epochs * batches.epoch_length()
@@ -115,4 +127,4 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
 
 
 __all__ = ["ALL_DATABASES", "Database", "as_preset", "ensure_twins", "load_databases",
-           "config_key", "train_or_load"]
+           "config_key", "model_dir", "batch_per_database", "train_or_load"]

@@ -7,6 +7,7 @@ databases and seed match. Rows follow docs/RESULTS_SCHEMA.md.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pandas as pd
 
 from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
 from mmlib.data.modalities import sort_modalities
+from mmlib.errors import MMLibError
 from mmlib.experiments.common import (Database, as_preset, config_key, ensure_twins, load_databases,
-                                      train_or_load)
+                                      model_dir, train_or_load)
 from mmlib.experiments.tables import single_test_modality
 from mmlib.presets import Preset
 
@@ -38,6 +40,7 @@ class Study:
     device: str = "auto"
     seeds: tuple[int, ...] | None = None
     progress: bool = True
+    processes: int | None = None
     _dbs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -45,6 +48,8 @@ class Study:
         self.preset = as_preset(self.preset)
         if self.seeds is None:
             self.seeds = tuple(self.preset.seeds)
+        if self.processes is None:
+            self.processes = self.preset.train_processes
 
     @property
     def models_dir(self) -> Path:
@@ -60,6 +65,35 @@ class Study:
             self._dbs.update(load_databases(missing, self.preset, root, self.out_dir / "cache",
                                             progress=self.progress))
         return {n: self._dbs[n] for n in names}
+
+    def train_all(self, jobs: list["TrainJob"]) -> None:
+        """Train the models of `jobs` that are not saved yet, side by side in `processes` worker
+        processes (each with its share of the CPU threads). With one process, or one model to
+        train, nothing happens here: each model is trained when it is first asked for."""
+        todo = {str(_job_dir(self, j)): j for j in jobs if not (_job_dir(self, j) / "final.pt").is_file()}
+        todo = sorted(todo.values(), key=_job_cost, reverse=True)  # longest first: the pool ends together
+        if (self.processes or 1) <= 1 or len(todo) <= 1:
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from tqdm.auto import tqdm
+
+        n = min(self.processes, len(todo))
+        state = {"out_dir": str(self.out_dir), "preset": self.preset, "data_root": self.data_root,
+                 "device": self.device, "seeds": self.seeds, "threads": max(1, (os.cpu_count() or 1) // n)}
+        self.databases(sorted({d for j in todo for d in j.config["databases"]}))  # prepare once, here
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_job, state, j): j for j in todo}
+            bar = tqdm(as_completed(futures), total=len(futures), disable=not self.progress,
+                       desc=f"training {len(todo)} models in {n} processes", unit="model")
+            for future in bar:
+                problem = future.result()
+                if problem:
+                    for other in futures:
+                        other.cancel()
+                    raise MMLibError(f"training {futures[future].config['name']} failed: {problem}",
+                                     _job_dir(self, futures[future]))
 
     def evaluate(self, model, cmap, cases, rows_extra: dict, subsets=None, all_combinations=False):
         """Tidy rows for `cases`: every modality combination, the given subsets, or all modalities."""
@@ -80,6 +114,69 @@ class Study:
             full = {c.database: "+".join(sort_modalities(c.modalities)) for c in cases}
             df["all_modalities"] = df["subset"] == df["database"].map(full)
         return df
+
+
+@dataclass
+class TrainJob:
+    """One model to train or load: its config and what else decides it.
+
+    steps: None for the preset's schedule. n_cases: train on the first n cases of the (one)
+    database only. channel_map: a ChannelMap dict (None: the union of the databases').
+    init: (how, checkpoint) to start from another model: how is 'finetune' (a copy of it) or
+    'progressive' (a progressive net on top of it); None starts from scratch.
+    """
+
+    config: dict
+    steps: int | None = None
+    n_cases: int | None = None
+    channel_map: dict | None = None
+    init: tuple[str, str] | None = None
+
+
+def _job_dir(study: Study, job: TrainJob) -> Path:
+    return model_dir(job.config, study.preset, study.models_dir, job.steps)
+
+
+def _job_cost(job: TrainJob) -> float:
+    """Relative training cost, to start the longest jobs first."""
+    factor = {"lfunet": 3.0, "mafunet": 1.5, "progressive": 2.0}.get(job.config["arch"], 1.0)
+    return (job.steps or 10**9) * len(job.config["databases"]) * factor
+
+
+def _run_job(state: dict, job: TrainJob) -> str | None:
+    """Worker-process entry of Study.train_all: train one job; the problem as text if it fails."""
+    import torch
+
+    torch.set_num_threads(state["threads"])
+    study = Study(Path(state["out_dir"]), state["preset"], data_root=state["data_root"],
+                  device=state["device"], seeds=state["seeds"], progress=False, processes=1)
+    try:
+        run_job(study, job)
+    except Exception as exc:  # reported in the parent, naming the model
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def run_job(study: Study, job: TrainJob):
+    """Train (or load) the model of `job`; (model, channel map, checkpoint path)."""
+    from mmlib.data.loaders import ChannelMap
+    from mmlib.engine.checkpoint import load_model
+    from mmlib.models import ProgressiveUNet
+
+    dbs = study.databases(job.config["databases"])
+    sets = {n: (d.train[:job.n_cases] if job.n_cases else d.train) for n, d in dbs.items()}
+    cmap = ChannelMap.from_dict(job.channel_map) if job.channel_map else None
+    init = None
+    if job.init is not None:
+        how, ckpt = job.init
+        if how not in ("finetune", "progressive"):
+            raise MMLibError(f"unknown way to start from a model: {how!r} (finetune or progressive)")
+
+        def init():
+            base = load_model(ckpt, device="cpu")[0]
+            return base if how == "finetune" else ProgressiveUNet(base)
+    return train_or_load(job.config, sets, study.preset, study.models_dir, device=study.device,
+                         progress=study.progress, channel_map=cmap, init=init, steps=job.steps)
 
 
 def sd_config(database: str, arch: str, drop: bool, seed: int, modalities=()) -> dict:
@@ -114,21 +211,27 @@ def parse_variant(variant: str) -> tuple[str, bool]:
 def describe_cuts(preset: Preset) -> str:
     """One line naming what this preset cuts from the paper's protocol (printed under tables)."""
     s = preset.study
-    parts = [f"{preset.spacing_mm:g} mm voxels", f"{preset.crop}^3 crops", f"width x{preset.width:g}",
+    batch = f"{preset.batch_per_database} crop(s) per database per step"
+    if preset.min_batch > preset.batch_per_database:
+        batch += f" (single-database: {preset.min_batch})"
+    parts = [f"{preset.spacing_mm:g} mm voxels", f"{preset.crop}^3 crops", batch, f"width x{preset.width:g}",
              f"{preset.steps or preset.epochs} {'steps' if preset.steps else 'epochs'} "
              f"(single-database x{s.get('sd_fraction', 1):g}, fine-tuning x{s.get('finetune_fraction', 1):g})",
              f"{len(preset.seeds)} seed(s)",
              f"LFUnet/MAFUnet single-database on {', '.join(s.get('fusion_databases', [])) or 'none'}",
+             f"joint: {', '.join(s.get('joint_variants', []))}",
              f"leave-one-out on {', '.join(s.get('loo_targets', []))}"]
     return f"preset {preset.name}: " + "; ".join(parts)
 
 
-def _train(study: Study, config: dict, **kw):
-    if config["name"].startswith("SD-") and "steps" not in kw:
-        kw["steps"] = _fraction_steps(study.preset, "sd_fraction")
-    dbs = study.databases(config["databases"])
-    return train_or_load(config, {n: d.train for n, d in dbs.items()}, study.preset,
-                         study.models_dir, device=study.device, progress=study.progress, **kw)
+def _job(study: Study, config: dict) -> TrainJob:
+    """A model of the study's grid: single-database models train for the preset's sd_fraction."""
+    steps = _fraction_steps(study.preset, "sd_fraction") if config["name"].startswith("SD-") else None
+    return TrainJob(config, steps=steps)
+
+
+def _train(study: Study, config: dict):
+    return run_job(study, _job(study, config))
 
 
 def _row_extra(config: dict, training: str, drop_label: bool | None = None, **more) -> dict:
@@ -142,15 +245,15 @@ def single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiune
                     drops=(False, True)) -> pd.DataFrame:
     """Table 2 and the SD rows of Table 3: per database, arch, drop and seed one model,
     evaluated on its test cases with every combination of modalities."""
+    grid = [(db, sd_config(name, arch, drop, seed, db.manifest.modalities), drop)
+            for name, db in study.databases(databases).items()
+            for arch in archs for drop in drops for seed in study.seeds]
+    study.train_all([_job(study, config) for _, config, _ in grid])
     frames = []
-    for name, db in study.databases(databases).items():
-        for arch in archs:
-            for drop in drops:
-                for seed in study.seeds:
-                    config = sd_config(name, arch, drop, seed, db.manifest.modalities)
-                    model, cmap, _ = _train(study, config)
-                    frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "SD", drop),
-                                                 all_combinations=True))
+    for db, config, drop in grid:
+        model, cmap, _ = _train(study, config)
+        frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "SD", drop),
+                                     all_combinations=True))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -159,14 +262,15 @@ def joint_training(study: Study, variants=None, all_combinations: bool = False) 
     `variants`: e.g. ['multiunet+drop', 'multiunet'] (default: the preset's joint_variants)."""
     dbs = study.databases(TRAINING_DATABASES)
     variants = variants or study.preset.study.get("joint_variants", ["multiunet+drop"])
+    configs = [md_config(arch, drop, seed) for arch, drop in map(parse_variant, variants)
+               for seed in study.seeds]
+    study.train_all([_job(study, config) for config in configs])
     frames = []
-    for arch, drop in map(parse_variant, variants):
-        for seed in study.seeds:
-            config = md_config(arch, drop, seed)
-            model, cmap, _ = _train(study, config)
-            for db in dbs.values():
-                frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "MD"),
-                                             all_combinations=all_combinations))
+    for config in configs:
+        model, cmap, _ = _train(study, config)
+        for db in dbs.values():
+            frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "MD"),
+                                         all_combinations=all_combinations))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -174,21 +278,22 @@ def new_modality_sets(study: Study) -> pd.DataFrame:
     """Table 4 (and 9-10): ISLES with T1; T1,T2; FLAIR,T1,T2 and Tumor 2 with T1, segmented by
     the ATLAS-only, BRATS-only (drop) and joint (with and without drop) models."""
     targets = study.databases(EVALUATION_DATABASES)
+    atlas = study.databases(["ATLAS"])["ATLAS"].manifest.modalities
+    brats = study.databases(["BRATS"])["BRATS"].manifest.modalities
+    configs = [(config, training) for seed in study.seeds for config, training in (
+        (sd_config("ATLAS", "multiunet", False, seed, atlas), "SD"),
+        (sd_config("BRATS", "multiunet", True, seed, brats), "SD"),
+        (md_config("multiunet", False, seed), "MD"),
+        (md_config("multiunet", True, seed), "MD"))]
+    study.train_all([_job(study, config) for config, _ in configs])
     frames = []
-    for seed in study.seeds:
-        atlas = study.databases(["ATLAS"])["ATLAS"].manifest.modalities
-        brats = study.databases(["BRATS"])["BRATS"].manifest.modalities
-        configs = [(sd_config("ATLAS", "multiunet", False, seed, atlas), "SD"),
-                   (sd_config("BRATS", "multiunet", True, seed, brats), "SD"),
-                   (md_config("multiunet", False, seed), "MD"),
-                   (md_config("multiunet", True, seed), "MD")]
-        for config, training in configs:
-            model, cmap, _ = _train(study, config)
-            for name, sets in NEW_MODALITY_SETS.items():
-                usable = [s for s in sets if all(m in cmap.modalities for m in s)]
-                if usable:
-                    frames.append(study.evaluate(model, cmap, targets[name].test,
-                                                 _row_extra(config, training), subsets=usable))
+    for config, training in configs:
+        model, cmap, _ = _train(study, config)
+        for name, sets in NEW_MODALITY_SETS.items():
+            usable = [s for s in sets if all(m in cmap.modalities for m in s)]
+            if usable:
+                frames.append(study.evaluate(model, cmap, targets[name].test,
+                                             _row_extra(config, training), subsets=usable))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -220,43 +325,47 @@ def unseen_pathologies(study: Study, targets=None, finetune: bool = True) -> pd.
 
     `targets`: held-out databases (default: the preset's loo_targets). Fine-tuning runs for the
     preset's finetune_fraction of its steps."""
-    import copy
-
-    from mmlib.models import ProgressiveUNet, build_model
-
-    frames = []
-    for target in targets or study.preset.study.get("loo_targets", TRAINING_DATABASES):
+    targets = list(targets or study.preset.study.get("loo_targets", TRAINING_DATABASES))
+    loo_configs = [(target, md_config("multiunet", True, seed, [d for d in TRAINING_DATABASES if d != target]))
+                   for target in targets for seed in study.seeds]
+    study.train_all([_job(study, config) for _, config in loo_configs])
+    frames, fine_tuned = [], []
+    for target, config in loo_configs:
         held = study.databases([target])[target]
-        others = [d for d in TRAINING_DATABASES if d != target]
-        for seed in study.seeds:
-            config = md_config("multiunet", True, seed, others)
-            loo, cmap, ckpt = _train(study, config)
-            cmap = _held_out_map(cmap, held)
-            extra = _row_extra(config, "LOO", held_out=target)
-            frames.append(study.evaluate(loo, cmap, held.test, extra,
-                                         subsets=[(single_test_modality(held.manifest.modalities),), None]))
-            if not finetune:  # Table 6's 0-shot column is these LOO rows
-                continue
-            steps = _fraction_steps(study.preset, "finetune_fraction")
-            for labels in ("limited", "all"):
-                n = limited_label_count(held) if labels == "limited" else len(held.train)
-                train_cases = held.train[:n]
-                starts = {"scratch": ("multiunet", lambda: build_model("multiunet", len(cmap), study.preset.width)),
-                          "finetune": ("multiunet", lambda: copy.deepcopy(loo)),
-                          "progressive": ("progressive", lambda: ProgressiveUNet(loo))}
-                for method, (arch, init) in starts.items():
-                    ft = {"name": f"FT-{target}-{method}-{labels}", "arch": arch, "drop": True,
-                          "seed": seed, "databases": [target], "n_cases": n,
-                          "from": config_key({"ckpt": str(ckpt.parent.name)}) if method != "scratch" else "",
-                          "channels": cmap.to_dict()}
-                    model, _, _ = train_or_load(ft, {target: train_cases}, study.preset, study.models_dir,
-                                                device=study.device, progress=study.progress,
-                                                channel_map=cmap, init=init, steps=steps)
-                    frames.append(study.evaluate(model, cmap, held.test, {
-                        "model": ft["name"], "arch": arch, "training": "finetune", "train_databases": target,
-                        "drop": True, "seed": seed, "method": method, "labels": labels,
-                        "held_out": target, "n_train_cases": n}))
+        loo, cmap, ckpt = _train(study, config)
+        cmap = _held_out_map(cmap, held)
+        frames.append(study.evaluate(loo, cmap, held.test, _row_extra(config, "LOO", held_out=target),
+                                     subsets=[(single_test_modality(held.manifest.modalities),), None]))
+        if finetune:  # else Table 6's 0-shot column is these LOO rows alone
+            fine_tuned += _finetune_jobs(study, held, config, cmap, ckpt)
+    study.train_all([job for job, _ in fine_tuned])
+    for job, method in fine_tuned:
+        model, cmap, _ = run_job(study, job)
+        target, held = job.config["databases"][0], study.databases(job.config["databases"])
+        frames.append(study.evaluate(model, cmap, held[target].test, {
+            "model": job.config["name"], "arch": job.config["arch"], "training": "finetune",
+            "train_databases": target, "drop": True, "seed": job.config["seed"], "method": method,
+            "labels": job.config["name"].rsplit("-", 1)[1], "held_out": target,
+            "n_train_cases": job.n_cases}))
     return pd.concat(frames, ignore_index=True)
+
+
+def _finetune_jobs(study: Study, held: Database, loo_config: dict, cmap, ckpt: Path) -> list[tuple[TrainJob, str]]:
+    """Table 6's models for one held-out database: scratch, fine-tuned and progressive, with
+    limited and with all training labels, for the preset's finetune_fraction of its steps."""
+    steps = _fraction_steps(study.preset, "finetune_fraction")
+    jobs = []
+    for labels in ("limited", "all"):
+        n = limited_label_count(held) if labels == "limited" else len(held.train)
+        for method in ("scratch", "finetune", "progressive"):
+            config = {"name": f"FT-{held.name}-{method}-{labels}",
+                      "arch": "progressive" if method == "progressive" else "multiunet", "drop": True,
+                      "seed": loo_config["seed"], "databases": [held.name], "n_cases": n,
+                      "from": config_key({"ckpt": str(ckpt.parent.name)}) if method != "scratch" else "",
+                      "channels": cmap.to_dict()}
+            init = None if method == "scratch" else (method, str(ckpt))
+            jobs.append((TrainJob(config, steps=steps, n_cases=n, channel_map=cmap.to_dict(), init=init), method))
+    return jobs
 
 
 def save_results(df: pd.DataFrame, out_dir: Path, name: str) -> Path:
