@@ -52,7 +52,7 @@ def _cmd_study(args) -> int:
     timings = run_study(Path(args.out), preset=args.preset, data_root=args.data_root, device=args.device,
                         notebooks=args.notebooks or None)
     total = sum(timings.values())
-    print(f"study done in {total / 60:.1f} min; results, figures, executed notebooks and findings.json in {args.out}")
+    print(f"study done in {total / 60:.1f} min; results, figures, executed notebooks, findings.json and report.md in {args.out}")
     findings = Path(args.out) / "findings.json"
     if findings.is_file():
         for key, f in json.loads(findings.read_text()).get("findings", {}).items():

@@ -26,7 +26,8 @@ def notebooks_dir() -> Path:
 
 def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None, device: str = "auto",
               notebooks=None, extra_parameters: dict | None = None, progress: bool = True) -> dict:
-    """Run the study notebooks into `out_dir`; return {notebook: seconds} and write findings.json."""
+    """Run the study notebooks into `out_dir`; return {notebook: seconds}. 99_findings writes
+    findings.json; at the end report.md gathers the tables beside the paper's and the findings."""
     import papermill as pm
 
     out_dir = Path(out_dir).resolve()
@@ -59,4 +60,7 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
         timings[name] = time.perf_counter() - t0
         stamp.write_text(json.dumps({"parameters": params, "seconds": timings[name]}))
     (out_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+    from mmlib.experiments.report import write_report
+
+    write_report(out_dir, preset)
     return timings

@@ -73,7 +73,7 @@ def tidy_results(results: pd.DataFrame) -> pd.DataFrame:
     empty strings for missing text, subsets in mmlib's modality order)."""
     df = results.copy()
     for col in _TEXT_COLUMNS:
-        df[col] = df[col].fillna("").astype(str) if col in df else ""
+        df[col] = df[col].astype(object).fillna("").astype(str) if col in df else ""
     df["subset"] = df["subset"].map({s: _canonical_subset(s) for s in df["subset"].unique()})
     df["seed"] = df["seed"].fillna(0) if "seed" in df else 0  # a run without seeds is one run
     if "n_modalities" not in df:
