@@ -88,3 +88,29 @@ def test_models_trained_side_by_side_are_the_grid_and_are_reused(tmp_path):
     with pytest.raises(MMLibError, match="bad-start.*unknown way to start"):
         study.train_all([bad, good])
     assert not list((tmp_path / "models").glob("bad-start-*/final.pt"))
+
+
+def test_a_worker_keeps_its_share_of_the_cores(tmp_path):
+    """Training calls pick_device, which hands torch every core unless OMP_NUM_THREADS is set;
+    a worker of Study.train_all must keep the one thread it was given."""
+    import os
+
+    import torch
+
+    from mmlib.experiments.study import Study, TrainJob, _job_dir, _run_job
+
+    env = os.environ.pop("OMP_NUM_THREADS", None)
+    before = torch.get_num_threads()
+    study = Study(tmp_path, "smoke", progress=False)
+    job = TrainJob(md_config("multiunet", False, 0, ["ATLAS"]) | {"name": "one-thread"}, steps=1)
+    state = {"out_dir": str(tmp_path), "preset": study.preset, "data_root": None, "device": "cpu",
+             "seeds": (0,), "threads": 1}
+    try:
+        assert _run_job(state, job) is None
+        assert torch.get_num_threads() == 1
+        assert (_job_dir(study, job) / "final.pt").is_file()
+    finally:
+        torch.set_num_threads(before)
+        os.environ.pop("OMP_NUM_THREADS", None)
+        if env is not None:
+            os.environ["OMP_NUM_THREADS"] = env

@@ -147,6 +147,9 @@ def _run_job(state: dict, job: TrainJob) -> str | None:
     """Worker-process entry of Study.train_all: train one job; the problem as text if it fails."""
     import torch
 
+    # pick_device gives torch every core unless OMP_NUM_THREADS is set: set it, or the workers
+    # would each take every core and slow one another down several times over.
+    os.environ["OMP_NUM_THREADS"] = str(state["threads"])
     torch.set_num_threads(state["threads"])
     study = Study(Path(state["out_dir"]), state["preset"], data_root=state["data_root"],
                   device=state["device"], seeds=state["seeds"], progress=False, processes=1)
