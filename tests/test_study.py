@@ -51,7 +51,7 @@ def test_the_cuts_line_names_what_the_preset_changes():
     line = describe_cuts(load_preset("quick"))
     assert "3 mm" in line and "width x0.5" in line and "leave-one-out on WMH" in line
     assert "1 crop(s) per database per step (single-database: 2)" in line
-    assert "joint: multiunet+drop, multiunet" in line
+    assert "joint: multiunet+drop, multiunet" in line and "single-database MAFUnet on WMH" in line
 
 
 def test_a_batch_holds_at_least_min_batch_crops():
@@ -81,6 +81,18 @@ def test_models_trained_side_by_side_are_the_grid_and_are_reused(tmp_path):
     again = single_database(Study(tmp_path, "smoke", progress=False, processes=2), ["WMH", "ATLAS"])
     assert {p: p.stat().st_mtime_ns for p in finals} == stamps  # found, not retrained
     assert again.dice.tolist() == rows.dice.tolist()
+
+    # Notebook 02 takes 01's saved rows instead of evaluating the same models again...
+    from mmlib.experiments.study import save_results, saved_single_database
+
+    save_results(rows, tmp_path, "01_single_database")
+    calls = []
+    study.evaluate = lambda *a, **k: calls.append(a) or rows.iloc[:0]
+    reused = saved_single_database(study, ["WMH", "ATLAS"])
+    assert not calls and len(reused) == len(rows) and sorted(reused.model.unique()) == sorted(rows.model.unique())
+    # ...but evaluates when the saved rows lack a model it needs (here: MSSEG's).
+    saved_single_database(study, ["WMH", "MSSEG"])
+    assert calls
 
     bad = TrainJob(md_config("multiunet", True, 0, ["WMH"]) | {"name": "bad-start"}, steps=2,
                    init=("bogus", str(finals[0])))

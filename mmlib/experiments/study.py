@@ -23,6 +23,8 @@ from mmlib.presets import Preset
 
 #: The paper's limited-label fine-tuning sets (Table 6): 20 cases, 50 for TBI.
 PAPER_LIMITED_LABELS = {"BRATS": 20, "ATLAS": 20, "MSSEG": 20, "TBI": 50, "WMH": 20}
+#: The fusion architectures' names in the paper.
+FUSION_NAMES = {"lfunet": "LFUnet", "mafunet": "MAFUnet"}
 #: Table 4's test modality sets.
 NEW_MODALITY_SETS = {"ISLES": (("T1",), ("T1", "T2"), ("FLAIR", "T1", "T2")), "TUMOR2": (("T1",),)}
 
@@ -221,7 +223,8 @@ def describe_cuts(preset: Preset) -> str:
              f"{preset.steps or preset.epochs} {'steps' if preset.steps else 'epochs'} "
              f"(single-database x{s.get('sd_fraction', 1):g}, fine-tuning x{s.get('finetune_fraction', 1):g})",
              f"{len(preset.seeds)} seed(s)",
-             f"LFUnet/MAFUnet single-database on {', '.join(s.get('fusion_databases', [])) or 'none'}",
+             f"single-database {'/'.join(FUSION_NAMES[a] for a in s.get('fusion_archs', FUSION_NAMES))} on "
+             f"{', '.join(s.get('fusion_databases', [])) or 'none'}",
              f"joint: {', '.join(s.get('joint_variants', []))}",
              f"leave-one-out on {', '.join(s.get('loo_targets', []))}"]
     return f"preset {preset.name}: " + "; ".join(parts)
@@ -258,6 +261,25 @@ def single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiune
         frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "SD", drop),
                                      all_combinations=True))
     return pd.concat(frames, ignore_index=True)
+
+
+def saved_single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiunet",),
+                          drops=(False, True)) -> pd.DataFrame:
+    """single_database's rows as notebook 01 saved them (results/01_single_database.csv) when
+    they cover every model asked for at this preset and seeds; else single_database's own run."""
+    path = study.out_dir / "results" / "01_single_database.csv"
+    if path.is_file():
+        saved = pd.read_csv(path)
+        wanted = {sd_config(name, arch, drop, seed, db.manifest.modalities)["name"] + f"@{seed}"
+                  for name, db in study.databases(databases).items()
+                  for arch in archs for drop in drops for seed in study.seeds}
+        saved = saved[(saved["preset"] == study.preset.name) & saved["database"].isin(list(databases))
+                      & saved["arch"].isin(list(archs))]
+        have = set(saved["model"] + "@" + saved["seed"].astype(int).astype(str))
+        if wanted <= have:
+            return saved[(saved["model"] + "@" + saved["seed"].astype(int).astype(str)).isin(wanted)
+                         ].reset_index(drop=True)
+    return single_database(study, databases, archs, drops)
 
 
 def joint_training(study: Study, variants=None, all_combinations: bool = False) -> pd.DataFrame:
