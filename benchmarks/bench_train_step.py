@@ -9,6 +9,8 @@ printed on a GPU). Run: python benchmarks/bench_train_step.py [--preset quick] [
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import time
 
 import torch
@@ -50,6 +52,24 @@ def step_time(arch: str, width: float, crop: int, batch: int, channels: int, dev
     return (time.perf_counter() - t0) / steps, peak
 
 
+def _one_thread_steps(args) -> float:
+    """Worker: seconds per step with one CPU thread (what each process of Study.train_all uses)."""
+    arch, width, crop, batch, channels, steps = args
+    torch.set_num_threads(1)
+    return step_time(arch, width, crop, batch, channels, torch.device("cpu"), steps, channels_last=True)[0]
+
+
+def processes_vs_threads(arch: str, width: float, crop: int, batch: int, channels: int, steps: int) -> float:
+    """Models trained per second by N one-thread processes side by side over one N-thread
+    process, N = the cores this process may use (the quick study's Study.train_all)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    threaded = step_time(arch, width, crop, batch, channels, torch.device("cpu"), steps, channels_last=True)[0]
+    with mp.get_context("spawn").Pool(n) as pool:
+        per_process = pool.map(_one_thread_steps, [(arch, width, crop, batch, channels, steps)] * n)
+    return threaded * n / max(per_process)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick")
@@ -75,6 +95,12 @@ def main() -> None:
         mem = f"  peak {peak:5.2f} GiB" if gpu else ""
         print(f"{arch:9s} width {width:4.2f} {'channels-last' if cl else 'contiguous   '} "
               f"{'amp ' if amp else 'fp32'}  {sec:7.3f} s/step  x{sec / base:5.2f}{mem}")
+    if not gpu:
+        for b, what in ((preset.batch_per_database * args.databases, "joint"),
+                        (max(preset.min_batch, preset.batch_per_database), "single-database")):
+            gain = processes_vs_threads("multiunet", preset.width, preset.crop, b, 6, args.steps)
+            print(f"one-thread processes side by side vs one process with all threads, {what} batch {b}: "
+                  f"x{gain:4.2f} models per second")
 
 
 if __name__ == "__main__":

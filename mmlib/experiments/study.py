@@ -225,7 +225,8 @@ def describe_cuts(preset: Preset) -> str:
              f"{len(preset.seeds)} seed(s)",
              f"single-database {'/'.join(FUSION_NAMES[a] for a in s.get('fusion_archs', FUSION_NAMES))} on "
              f"{', '.join(s.get('fusion_databases', [])) or 'none'}",
-             f"joint: {', '.join(s.get('joint_variants', []))}",
+             f"joint: {', '.join(s.get('joint_variants', []))}"
+             + ("" if s.get("joint_all_combinations", True) else " (evaluated with all modalities only)"),
              f"leave-one-out on {', '.join(s.get('loo_targets', []))}"]
     return f"preset {preset.name}: " + "; ".join(parts)
 
@@ -282,9 +283,13 @@ def saved_single_database(study: Study, databases=TRAINING_DATABASES, archs=("mu
     return single_database(study, databases, archs, drops)
 
 
-def joint_training(study: Study, variants=None, all_combinations: bool = False) -> pd.DataFrame:
+def joint_training(study: Study, variants=None, all_combinations: bool | None = None) -> pd.DataFrame:
     """Table 3 (and 7-8): models trained on the five training databases at once.
-    `variants`: e.g. ['multiunet+drop', 'multiunet'] (default: the preset's joint_variants)."""
+    `variants`: e.g. ['multiunet+drop', 'multiunet'] (default: the preset's joint_variants).
+    `all_combinations`: evaluate every modality combination, not only all modalities (default:
+    the preset's joint_all_combinations, else True)."""
+    if all_combinations is None:
+        all_combinations = study.preset.study.get("joint_all_combinations", True)
     dbs = study.databases(TRAINING_DATABASES)
     variants = variants or study.preset.study.get("joint_variants", ["multiunet+drop"])
     configs = [md_config(arch, drop, seed) for arch, drop in map(parse_variant, variants)
