@@ -29,13 +29,14 @@ def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
     flat = df.reset_index()
     heads = [" ".join(str(p) for p in c if str(p)) if isinstance(c, tuple) else str(c) for c in flat.columns]
 
-    def cell(v):
+    def cell(v, head):
         if isinstance(v, float):
-            return "–" if pd.isna(v) else f"{v:.{decimals}f}"
+            return "–" if pd.isna(v) else str(int(v)) if head == "seeds" else f"{v:.{decimals}f}"
         return "–" if v is None else str(v).replace("|", "/")
 
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in flat.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, h) for v, h in zip(row, heads)) + " |"
+              for row in flat.itertuples(index=False)]
     return "\n".join(lines)
 
 
