@@ -72,10 +72,14 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _identity(config: dict, preset: Preset, steps: int | None) -> dict:
+    """Everything that decides a trained model: its config, the preset and a shorter schedule."""
+    return dict(config, preset=asdict(preset), steps_override=steps)
+
+
 def model_dir(config: dict, preset: Preset, models_dir: Path, steps: int | None = None) -> Path:
     """Where the model `config` describes is saved: models_dir/<name>-<hash of config, preset, steps>."""
-    full = dict(config, preset=asdict(preset), steps_override=steps)
-    return Path(models_dir) / f"{config.get('name', config['arch'])}-{config_key(full)}"
+    return Path(models_dir) / f"{config.get('name', config['arch'])}-{config_key(_identity(config, preset, steps))}"
 
 
 def batch_per_database(preset: Preset, n_databases: int) -> int:
@@ -99,7 +103,7 @@ def train_or_load(config: dict, train_sets: dict[str, list[PreparedCase]], prese
     from mmlib.engine.train import train
     from mmlib.models import build_model
 
-    full = dict(config, preset=asdict(preset), steps_override=steps)
+    full = _identity(config, preset, steps)
     run_dir = model_dir(config, preset, models_dir, steps)
     final = run_dir / "final.pt"
     if final.is_file():

@@ -16,8 +16,8 @@ import pandas as pd
 from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
 from mmlib.data.modalities import sort_modalities
 from mmlib.errors import MMLibError
-from mmlib.experiments.common import (Database, as_preset, config_key, ensure_twins, load_databases,
-                                      model_dir, train_or_load)
+from mmlib.experiments.common import (Database, as_preset, batch_per_database, config_key, ensure_twins,
+                                      load_databases, model_dir, train_or_load)
 from mmlib.experiments.tables import single_test_modality
 from mmlib.presets import Preset
 
@@ -72,8 +72,9 @@ class Study:
         """Train the models of `jobs` that are not saved yet, side by side in `processes` worker
         processes (each with its share of the CPU threads). With one process, or one model to
         train, nothing happens here: each model is trained when it is first asked for."""
-        todo = {str(_job_dir(self, j)): j for j in jobs if not (_job_dir(self, j) / "final.pt").is_file()}
-        todo = sorted(todo.values(), key=_job_cost, reverse=True)  # longest first: the pool ends together
+        dirs = {_job_dir(self, j): j for j in jobs}  # one job per model, however often asked for
+        todo = sorted((j for d, j in dirs.items() if not (d / "final.pt").is_file()),
+                      key=_job_cost, reverse=True)  # longest first: the pool ends together
         if (self.processes or 1) <= 1 or len(todo) <= 1:
             return
         import multiprocessing as mp
@@ -217,8 +218,8 @@ def describe_cuts(preset: Preset) -> str:
     """One line naming what this preset cuts from the paper's protocol (printed under tables)."""
     s = preset.study
     batch = f"{preset.batch_per_database} crop(s) per database per step"
-    if preset.min_batch > preset.batch_per_database:
-        batch += f" (single-database: {preset.min_batch})"
+    if batch_per_database(preset, 1) != preset.batch_per_database:
+        batch += f" (single-database: {batch_per_database(preset, 1)})"
     parts = [f"{preset.spacing_mm:g} mm voxels", f"{preset.crop}^3 crops", batch, f"width x{preset.width:g}",
              f"{preset.steps or preset.epochs} {'steps' if preset.steps else 'epochs'} "
              f"(single-database x{s.get('sd_fraction', 1):g}, fine-tuning x{s.get('finetune_fraction', 1):g})",
@@ -276,10 +277,9 @@ def saved_single_database(study: Study, databases=TRAINING_DATABASES, archs=("mu
                   for arch in archs for drop in drops for seed in study.seeds}
         saved = saved[(saved["preset"] == study.preset.name) & saved["database"].isin(list(databases))
                       & saved["arch"].isin(list(archs))]
-        have = set(saved["model"] + "@" + saved["seed"].astype(int).astype(str))
-        if wanted <= have:
-            return saved[(saved["model"] + "@" + saved["seed"].astype(int).astype(str)).isin(wanted)
-                         ].reset_index(drop=True)
+        keys = saved["model"] + "@" + saved["seed"].astype(int).astype(str)
+        if wanted <= set(keys):
+            return saved[keys.isin(wanted)].reset_index(drop=True)
     return single_database(study, databases, archs, drops)
 
 
@@ -368,19 +368,19 @@ def unseen_pathologies(study: Study, targets=None, finetune: bool = True) -> pd.
                                      subsets=[(single_test_modality(held.manifest.modalities),), None]))
         if finetune:  # else Table 6's 0-shot column is these LOO rows alone
             fine_tuned += _finetune_jobs(study, held, config, cmap, ckpt)
-    study.train_all([job for job, _ in fine_tuned])
-    for job, method in fine_tuned:
+    study.train_all([job for job, _, _ in fine_tuned])
+    for job, method, labels in fine_tuned:
         model, cmap, _ = run_job(study, job)
-        target, held = job.config["databases"][0], study.databases(job.config["databases"])
-        frames.append(study.evaluate(model, cmap, held[target].test, {
+        target = job.config["databases"][0]
+        frames.append(study.evaluate(model, cmap, study.databases([target])[target].test, {
             "model": job.config["name"], "arch": job.config["arch"], "training": "finetune",
             "train_databases": target, "drop": True, "seed": job.config["seed"], "method": method,
-            "labels": job.config["name"].rsplit("-", 1)[1], "held_out": target,
-            "n_train_cases": job.n_cases}))
+            "labels": labels, "held_out": target, "n_train_cases": job.n_cases}))
     return pd.concat(frames, ignore_index=True)
 
 
-def _finetune_jobs(study: Study, held: Database, loo_config: dict, cmap, ckpt: Path) -> list[tuple[TrainJob, str]]:
+def _finetune_jobs(study: Study, held: Database, loo_config: dict, cmap, ckpt: Path
+                   ) -> list[tuple[TrainJob, str, str]]:
     """Table 6's models for one held-out database: scratch, fine-tuned and progressive, with
     limited and with all training labels, for the preset's finetune_fraction of its steps."""
     steps = _fraction_steps(study.preset, "finetune_fraction")
@@ -394,7 +394,8 @@ def _finetune_jobs(study: Study, held: Database, loo_config: dict, cmap, ckpt: P
                       "from": config_key({"ckpt": str(ckpt.parent.name)}) if method != "scratch" else "",
                       "channels": cmap.to_dict()}
             init = None if method == "scratch" else (method, str(ckpt))
-            jobs.append((TrainJob(config, steps=steps, n_cases=n, channel_map=cmap.to_dict(), init=init), method))
+            jobs.append((TrainJob(config, steps=steps, n_cases=n, channel_map=cmap.to_dict(), init=init),
+                         method, labels))
     return jobs
 
 
