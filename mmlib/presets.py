@@ -1,8 +1,14 @@
-"""Scale presets (smoke / quick / standard / full), read from presets.yaml as data."""
+"""Scale presets (smoke / quick / standard / full), read from presets.yaml as data.
+
+A preset holds two kinds of settings: those that decide a trained model's weights (spacing,
+crop, width, schedule, augmentation, precision: `Preset.training_settings`) and those that only
+decide how the study runs (sliding-window overlap, processes, which models it trains: `StudyPlan`).
+Only the first kind enters a model's identity, so changing the second retrains nothing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -10,6 +16,65 @@ import yaml
 from mmlib.errors import MMLibError
 
 _PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+
+#: The five training databases of the paper (Table 3 order is set by the tables, not here).
+_TRAINING = ("BRATS", "ATLAS", "MSSEG", "TBI", "WMH")
+
+
+@dataclass(frozen=True)
+class JointVariant:
+    """One joint model of Table 3: an architecture trained with or without modality drop."""
+
+    arch: str
+    drop: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "JointVariant":
+        """'multiunet+drop' -> JointVariant('multiunet', True); 'multiunet' -> no drop."""
+        arch, plus, tag = str(text).partition("+")
+        if plus and tag != "drop":
+            raise MMLibError(f"joint variant {text!r}: write ARCH or ARCH+drop")
+        return cls(arch, bool(plus))
+
+    def __str__(self) -> str:
+        return self.arch + ("+drop" if self.drop else "")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Which models the study trains at a preset, and for how long relative to `Preset.steps`.
+
+    The defaults are the paper's protocol (every architecture on every database, three joint
+    variants, all five leave-one-out targets, full-length fine-tuning); a preset lists only
+    what it cuts.
+    """
+
+    sd_fraction: float = 1.0            # single-database models: this fraction of `steps`
+    finetune_fraction: float = 1.0      # fine-tuning and progressive models (Table 6)
+    fusion_archs: tuple[str, ...] = ("lfunet", "mafunet")
+    fusion_databases: tuple[str, ...] = _TRAINING
+    joint_variants: tuple[JointVariant, ...] = (JointVariant("multiunet", True), JointVariant("multiunet", False),
+                                                JointVariant("mafunet", True))
+    joint_all_combinations: bool = True  # joint models evaluated on every modality subset
+    loo_targets: tuple[str, ...] = _TRAINING
+
+    @classmethod
+    def from_dict(cls, raw: dict | None, where: str) -> "StudyPlan":
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise MMLibError(f"preset {where}: unknown study setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}", _PRESETS_FILE)
+        for key in ("fusion_archs", "fusion_databases", "loo_targets"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        if "joint_variants" in raw:
+            raw["joint_variants"] = tuple(JointVariant.parse(v) for v in raw["joint_variants"])
+        for key in ("sd_fraction", "finetune_fraction"):
+            if key in raw and not 0 < float(raw[key]) <= 1:
+                raise MMLibError(f"preset {where}: {key} must be in (0, 1], got {raw[key]!r}", _PRESETS_FILE)
+        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -22,7 +87,7 @@ class Preset:
     width: float
     steps: int
     lr: float
-    lr_drop_step: int
+    lr_drop_fraction: float
     batch_per_database: int
     rotate_p: float
     lesion_crop_p: float
@@ -32,15 +97,23 @@ class Preset:
     seeds: tuple[int, ...]
     num_workers: int
     synth: dict = field(default_factory=dict)
-    study: dict = field(default_factory=dict)
+    study: StudyPlan = field(default_factory=StudyPlan)
     epochs: int = 0
-    lr_drop_epoch: int = 0
     min_batch: int = 1
     train_processes: int = 1
+    rotate_planes: tuple[tuple[int, int], ...] = ((0, 2),)
 
     def with_(self, **changes) -> "Preset":
         """A copy with some fields changed (e.g. a papermill parameter overriding steps)."""
         return replace(self, **changes)
+
+    def training_settings(self) -> dict:
+        """The settings that decide a trained model's weights (a model's identity holds these,
+        and nothing else of the preset: overlap, processes or the study plan retrain nothing)."""
+        keep = ("spacing_mm", "crop", "width", "steps", "epochs", "lr", "lr_drop_fraction",
+                "batch_per_database", "min_batch", "rotate_p", "rotate_planes", "lesion_crop_p",
+                "dice_batch", "amp")
+        return {k: getattr(self, k) for k in keep}
 
 
 def preset_names() -> tuple[str, ...]:
@@ -53,5 +126,14 @@ def load_preset(name: str) -> Preset:
     if name not in table:
         raise MMLibError(f"unknown preset {name!r}; known presets: {', '.join(table)}")
     raw = dict(table[name])
-    raw["seeds"] = tuple(raw.get("seeds", (0,)))
+    raw["seeds"] = tuple(int(s) for s in raw.get("seeds", (0,)))
+    raw["study"] = StudyPlan.from_dict(raw.get("study"), name)
+    if "rotate_planes" in raw:
+        raw["rotate_planes"] = tuple(tuple(int(a) for a in plane) for plane in raw["rotate_planes"])
+    known = {f.name for f in fields(Preset)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise MMLibError(f"preset {name}: unknown setting(s) {', '.join(unknown)}", _PRESETS_FILE)
+    if not 0 < float(raw["lr_drop_fraction"]) <= 1:
+        raise MMLibError(f"preset {name}: lr_drop_fraction must be in (0, 1]", _PRESETS_FILE)
     return Preset(name=name, **raw)

@@ -161,7 +161,8 @@ class JointBatches:
     """
 
     def __init__(self, train_sets: dict[str, list[PreparedCase]], channel_map: ChannelMap, crop: int,
-                 batch_per_database: int, drop: bool, rotate_p: float, lesion_crop_p: float, seed: int):
+                 batch_per_database: int, drop: bool, rotate_p: float, lesion_crop_p: float, seed: int,
+                 rotate_planes=((0, 1), (0, 2), (1, 2))):
         empty = [name for name, cases in train_sets.items() if not cases]
         if not train_sets or empty:
             raise MMLibError(f"every training database needs cases; empty: {empty or 'all'}")
@@ -174,6 +175,7 @@ class JointBatches:
         self.channel_map = channel_map
         self.crop, self.batch = int(crop), int(batch_per_database)
         self.drop, self.rotate_p, self.lesion_crop_p = bool(drop), float(rotate_p), float(lesion_crop_p)
+        self.rotate_planes = tuple(tuple(int(a) for a in plane) for plane in rotate_planes)
         self.rng = np.random.default_rng(seed)
         self.order = {name: [] for name in self.sets}
         self.pos = {name: 0 for name in self.sets}
@@ -215,7 +217,7 @@ class JointBatches:
             if keep[i]:
                 x[ch], present[ch] = image[i], True
         if rng.random() < self.rotate_p:
-            a, b = [(0, 1), (0, 2), (1, 2)][int(rng.integers(3))]
+            a, b = self.rotate_planes[int(rng.integers(len(self.rotate_planes)))]
             k = int(rng.integers(1, 4))
             x, label = np.rot90(x, k, axes=(a + 1, b + 1)), np.rot90(label, k, axes=(a, b))
         return x, label, present, case.case_id
