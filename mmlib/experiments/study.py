@@ -1,40 +1,111 @@
-"""The study's experiments, one function per notebook, each returning tidy result rows.
+"""Where a study runs, and how its models are trained, evaluated and remembered.
 
-Models are named and configured by `sd_config` / `md_config`, so a model trained in one notebook
-(e.g. the single-database models of 01) is found again by later ones (03, 04) when the preset,
-databases and seed match. Rows follow docs/RESULTS_SCHEMA.md.
+A study folder holds:
+
+    study.json                          layout version, preset and data root of the study
+    data/  cache/                       synthetic twins (when no data root is given), preprocessing
+    models/<name>-s<seed>-<identity>/   final.pt, spec.json, losses.csv
+    evaluations/<model folder>/<id>.csv result rows of one evaluation of one model
+    results/<notebook>.csv              each notebook's rows, for reading
+    figures/  notebooks/  findings.json  report.md
+
+A model is trained once per identity (`ModelSpec.identity`) and an evaluation is run once per
+model, test cases and evaluation settings; everything else reads them back. Tables and findings
+read `Study.results()`: the rows of the current protocol only, so rows of an older preset or of
+changed data stay on disk but never mix with the current ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
-from mmlib.data.modalities import sort_modalities
+from mmlib.data.manifest import DatabaseManifest, load_manifest
 from mmlib.errors import MMLibError
-from mmlib.experiments.common import (Database, as_preset, batch_per_database, config_key, ensure_twins,
-                                      load_databases, model_dir, train_or_load)
-from mmlib.experiments.tables import single_test_modality
-from mmlib.presets import Preset
+from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash
+from mmlib.presets import Preset, load_preset
 
-#: The paper's limited-label fine-tuning sets (Table 6): 20 cases, 50 for TBI.
-PAPER_LIMITED_LABELS = {"BRATS": 20, "ATLAS": 20, "MSSEG": 20, "TBI": 50, "WMH": 20}
-#: The fusion architectures' names in the paper.
-FUSION_NAMES = {"lfunet": "LFUnet", "mafunet": "MAFUnet"}
-#: Table 4's test modality sets.
-NEW_MODALITY_SETS = {"ISLES": (("T1",), ("T1", "T2"), ("FLAIR", "T1", "T2")), "TUMOR2": (("T1",),)}
+#: Version of the study folder's layout; folders of another version are refused, not mixed.
+LAYOUT_VERSION = 2
+#: Bump when evaluation code changes the rows it gives (evaluations are then run again).
+EVALUATION_VERSION = 1
+
+
+@dataclass
+class Database:
+    """A prepared database: its manifest, release folder, train/test cases and data identity."""
+
+    manifest: DatabaseManifest
+    root: Path
+    train: list
+    test: list
+    data_id: str
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What to evaluate a model on: a database's test cases, given every modality combination,
+    the listed subsets (() = each case's own modalities), or all of its modalities."""
+
+    database: str
+    subsets: tuple[tuple[str, ...], ...] = ((),)
+    combinations: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """A model of the study and the evaluations it owes."""
+
+    spec: ModelSpec
+    evaluations: tuple[Evaluation, ...] = ()
+
+
+def as_preset(preset: str | Preset) -> Preset:
+    return preset if isinstance(preset, Preset) else load_preset(preset)
+
+
+def data_identity(manifest: DatabaseManifest, root: Path) -> str:
+    """A cheap fingerprint of a database's data: its resolved root, its manifest, and each input
+    file's path, size and modification time."""
+    from mmlib.data.readers import find_cases
+
+    entries = []
+    for case in find_cases(manifest, root):
+        files = [p for p in (*case.images.values(), case.label) if p is not None]
+        for p in sorted(set(files)):
+            st = Path(p).stat()
+            entries.append((str(Path(p).relative_to(root)), st.st_size, st.st_mtime_ns))
+    return short_hash({"root": str(Path(root).resolve()), "manifest": manifest.raw, "files": entries})
+
+
+def spec_from_dict(raw: dict) -> ModelSpec:
+    """The ModelSpec that `dataclasses.asdict` wrote to a model's spec.json."""
+    raw = dict(raw)
+    raw["databases"] = tuple(raw["databases"])
+    raw["parent"] = None if raw.get("parent") is None else spec_from_dict(raw["parent"])
+    return ModelSpec(**raw)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @dataclass
 class Study:
-    """Where a study runs: preset, output folder (models, cache, results), data, device.
-
-    `data_root` None means the synthetic twins, made once in out_dir/data.
-    """
+    """A study folder at one preset on one set of data (`data_root` None: $MMLIB_DATA_ROOT if set,
+    else the synthetic twins made once in out_dir/data). `seeds` None: the preset's; `processes`
+    None: the preset's."""
 
     out_dir: Path
     preset: Preset | str = "quick"
@@ -48,372 +119,352 @@ class Study:
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
         self.preset = as_preset(self.preset)
-        if self.seeds is None:
-            self.seeds = tuple(self.preset.seeds)
+        if self.data_root is None and os.environ.get("MMLIB_DATA_ROOT"):
+            self.data_root = os.environ["MMLIB_DATA_ROOT"]
+        self.data_root = None if self.data_root is None else Path(self.data_root)
+        if self.data_root is None:
+            stray = sorted(k for k in os.environ if k.startswith("MMLIB_") and k.endswith("_ROOT") and os.environ[k])
+            if stray:
+                raise MMLibError(f"{', '.join(stray)} set, but a study reads all of its databases from one folder: "
+                                 f"set MMLIB_DATA_ROOT (or --data-root) to a folder holding <NAME>/ per database, "
+                                 f"or unset them to use the synthetic twins")
+        self.seeds = tuple(self.preset.seeds if self.seeds is None else self.seeds)
         if self.processes is None:
             self.processes = self.preset.train_processes
+        self._claim_folder()
 
+    @classmethod
+    def open(cls, out_dir: str | Path, device: str = "cpu", progress: bool = False) -> "Study":
+        """The study an existing folder holds, at the preset and data its study.json names."""
+        stamp = Path(out_dir) / "study.json"
+        if not stamp.is_file():
+            raise MMLibError("not a study folder (no study.json): run `mmlib study` or `mmlib joint` there first",
+                             out_dir)
+        try:
+            have = json.loads(stamp.read_text())
+            return cls(Path(out_dir), have["preset"], data_root=have.get("data_root"), device=device,
+                       progress=progress)
+        except (OSError, ValueError, KeyError) as exc:
+            raise MMLibError(f"cannot read the study stamp ({exc})", stamp) from None
+
+    # -- the folder ------------------------------------------------------------------------------
     @property
     def models_dir(self) -> Path:
         return self.out_dir / "models"
 
+    def _claim_folder(self) -> None:
+        """Write study.json, or check that the folder holds a study of this layout, preset and data."""
+        stamp = self.out_dir / "study.json"
+        want = {"layout": LAYOUT_VERSION, "preset": self.preset.name,
+                "data_root": None if self.data_root is None else str(self.data_root.resolve())}
+        if stamp.is_file():
+            try:
+                have = json.loads(stamp.read_text())
+            except (OSError, ValueError) as exc:
+                raise MMLibError(f"cannot read the study stamp ({exc}); delete it to start the study again", stamp)
+            if have.get("layout") != LAYOUT_VERSION:
+                raise MMLibError(f"the folder holds a study of layout {have.get('layout')}, this mmlib writes "
+                                 f"layout {LAYOUT_VERSION}; use another --out", self.out_dir)
+            for key in ("preset", "data_root"):
+                if have.get(key) != want[key]:
+                    raise MMLibError(f"the folder holds a study with {key} {have.get(key)!r}, not {want[key]!r}; "
+                                     f"use another --out so that their results do not mix", self.out_dir)
+            return
+        older = [p for p in ("results", "models") if (self.out_dir / p).is_dir() and any((self.out_dir / p).iterdir())]
+        if older:
+            raise MMLibError(f"the folder holds {' and '.join(older)} of an older mmlib layout (no study.json); "
+                             f"they cannot be mixed with this version's: use another --out", self.out_dir)
+        _write_atomic(stamp, json.dumps(want, indent=2))
+
+    # -- data ------------------------------------------------------------------------------------
     def databases(self, names) -> dict[str, Database]:
         """Prepared databases by name (made, preprocessed and cached on first use)."""
-        missing = [n for n in names if n not in self._dbs]
-        if missing:
-            root = self.data_root
-            if root is None:
-                root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress)
-            self._dbs.update(load_databases(missing, self.preset, root, self.out_dir / "cache",
-                                            progress=self.progress))
+        from mmlib.data.preprocess import prepare_database
+        from mmlib.data.readers import split_cases
+
+        for name in [n for n in names if n not in self._dbs]:
+            manifest = load_manifest(name)
+            if self.data_root is None:
+                from mmlib.experiments.common import ensure_twins
+
+                root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress) / name
+            else:
+                root = manifest.resolve_root(self.data_root / name)
+            cases = prepare_database(manifest, root, self.preset.spacing_mm, self.out_dir / "cache",
+                                     progress=self.progress)
+            train, test = ([], list(cases)) if manifest.evaluation_only else split_cases(manifest, cases)
+            self._dbs[name] = Database(manifest, root, list(train), list(test), data_identity(manifest, root))
         return {n: self._dbs[n] for n in names}
 
-    def train_all(self, jobs: list["TrainJob"]) -> None:
-        """Train the models of `jobs` that are not saved yet, side by side in `processes` worker
-        processes (each with its share of the CPU threads). With one process, or one model to
-        train, nothing happens here: each model is trained when it is first asked for."""
-        dirs = {_job_dir(self, j): j for j in jobs}  # one job per model, however often asked for
-        todo = sorted((j for d, j in dirs.items() if not (d / "final.pt").is_file()),
-                      key=_job_cost, reverse=True)  # longest first: the pool ends together
-        if (self.processes or 1) <= 1 or len(todo) <= 1:
+    def data_ids(self, names) -> dict[str, str]:
+        return {n: d.data_id for n, d in self.databases(names).items()}
+
+    def _spec_data_ids(self, spec: ModelSpec) -> dict[str, str]:
+        names, s = set(), spec
+        while s is not None:
+            names.update(s.databases)
+            s = s.parent
+        return self.data_ids(sorted(names))
+
+    # -- models ----------------------------------------------------------------------------------
+    def model_dir(self, spec: ModelSpec) -> Path:
+        return self.models_dir / spec.folder_name(self.preset, self._spec_data_ids(spec))
+
+    def is_trained(self, spec: ModelSpec) -> bool:
+        return (self.model_dir(spec) / "final.pt").is_file()
+
+    def train(self, spec: ModelSpec):
+        """The trained model of `spec` (trained now if it is not saved yet) -> (model, channel map)."""
+        from mmlib.data.loaders import ChannelMap, JointBatches
+        from mmlib.engine.checkpoint import load_model
+        from mmlib.engine.device import seed_everything
+        from mmlib.engine.train import train
+        from mmlib.models import ProgressiveUNet, build_model
+
+        run_dir = self.model_dir(spec)
+        final = run_dir / "final.pt"
+        if final.is_file():
+            model, cmap, _ = load_model(final, device=self.device)
+            return model, ChannelMap.from_dict(cmap)
+        dbs = self.databases(spec.databases)
+        sets = {n: (d.train[:spec.n_cases] if spec.n_cases else d.train) for n, d in dbs.items()}
+        if spec.parent is None:
+            cmap = ChannelMap.from_databases([d.manifest for d in dbs.values()])
+        else:
+            base, parent_map = self.train(spec.parent)
+            cmap = eval_channel_map(parent_map, dbs[spec.databases[0]].manifest.modalities)
+        # The seed owns the initial weights too: seed before building (or copying) the network.
+        seed_everything(spec.seed)
+        if spec.parent is None:
+            model = build_model(spec.arch, len(cmap), self.preset.width)
+        else:
+            model = ProgressiveUNet(base.cpu()) if spec.start == "progressive" else base.cpu()
+        batches = JointBatches(sets, cmap, crop=self.preset.crop,
+                               batch_per_database=batch_per_database(self.preset, len(sets)),
+                               drop=spec.trained.drop, rotate_p=self.preset.rotate_p,
+                               lesion_crop_p=self.preset.lesion_crop_p, seed=spec.seed,
+                               rotate_planes=self.preset.rotate_planes)
+        plan = schedule(spec, self.preset, batches.epoch_length())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2))
+        config = {"arch": spec.net, "width": self.preset.width, "dice_batch": self.preset.dice_batch,
+                  "name": spec.trained.name, "identity": run_dir.name}
+        train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,
+              out_dir=run_dir, config=config, channel_map=cmap.to_dict(), device=self.device,
+              amp=self.preset.amp, progress=self.progress, seed=spec.seed)
+        return model, cmap
+
+    # -- evaluations -----------------------------------------------------------------------------
+    def evaluation_settings(self) -> str:
+        """Hash of the settings that change evaluation rows but not the trained model."""
+        return short_hash({"roi": self.preset.crop, "overlap": self.preset.sw_overlap, "amp": self.preset.amp,
+                           "version": EVALUATION_VERSION})
+
+    def _evaluation_file(self, spec: ModelSpec, ev: Evaluation) -> Path:
+        db = self.databases([ev.database])[ev.database]
+        key = short_hash({"evaluation": asdict(ev), "settings": self.evaluation_settings(), "data": db.data_id,
+                          "cases": [c.case_id for c in db.test]})
+        return self.out_dir / "evaluations" / self.model_dir(spec).name / f"{ev.database}-{key}.csv"
+
+    def evaluate(self, spec: ModelSpec, ev: Evaluation, model=None, cmap=None) -> pd.DataFrame:
+        """The rows of `spec` evaluated as `ev` says (run now, or read back)."""
+        path = self._evaluation_file(spec, ev)
+        if path.is_file():
+            return _read_rows(path)
+        if model is None:
+            model, cmap = self.train(spec)
+        rows = self._run_evaluation(spec, ev, model, cmap)
+        rows = rows.assign(**spec.row_columns(), preset=self.preset.name, model_id=self.model_dir(spec).name,
+                           eval_settings=self.evaluation_settings(),
+                           eval_data_id=self.databases([ev.database])[ev.database].data_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        rows.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return rows
+
+    def _run_evaluation(self, spec: ModelSpec, ev: Evaluation, model, cmap) -> pd.DataFrame:
+        from mmlib.data.modalities import sort_modalities
+        from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases
+
+        db = self.databases([ev.database])[ev.database]
+        if ev.database not in spec.databases:  # a database the model never saw (Appendix B)
+            cmap = eval_channel_map(cmap, db.manifest.modalities)
+        kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
+                  model_name=spec.trained.name, progress=self.progress)
+        if ev.combinations:
+            frames = [evaluate_all_combinations(model, db.test, cmap, **kw)]
+        else:
+            frames = []
+            for subset in ev.subsets:
+                if subset and not all(_has_channel(cmap, m) for m in subset):
+                    continue  # the model has no channel for it (the paper's n/a cells)
+                frames.append(evaluate_cases(model, db.test, cmap, subset=subset or None, **kw))
+        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["database", "subset"])
+        full = "+".join(sort_modalities(db.manifest.modalities))
+        return rows.assign(all_modalities=rows["subset"] == full)
+
+    # -- running jobs ----------------------------------------------------------------------------
+    def run(self, jobs: list[Job]) -> pd.DataFrame:
+        """Train and evaluate what `jobs` need and is not saved yet (side by side in `processes`
+        worker processes, parents before the models fine-tuned from them); every job's rows."""
+        jobs = _with_parents(jobs)
+        pending = [j for j in jobs if not self.is_trained(j.spec)
+                   or any(not self._evaluation_file(j.spec, e).is_file() for e in j.evaluations)]
+        while pending:
+            ready = [j for j in pending if j.spec.parent is None or self.is_trained(j.spec.parent)]
+            self._work(ready)
+            pending = [j for j in pending if j not in ready]
+        frames = [self.evaluate(j.spec, e) for j in jobs for e in j.evaluations]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def _work(self, jobs: list[Job]) -> None:
+        if (self.processes or 1) <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                _do_job(self, job)
             return
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         from tqdm.auto import tqdm
 
-        n = min(self.processes, len(todo))
+        from mmlib.engine.device import cpu_count
+
+        n = min(self.processes, len(jobs))
         state = {"out_dir": str(self.out_dir), "preset": self.preset, "data_root": self.data_root,
-                 "device": self.device, "seeds": self.seeds, "threads": max(1, (os.cpu_count() or 1) // n)}
-        self.databases(sorted({d for j in todo for d in j.config["databases"]}))  # prepare once, here
+                 "device": self.device, "seeds": self.seeds, "threads": max(1, cpu_count() // n)}
+        self.databases(sorted({d for j in jobs for e in j.evaluations for d in (*j.spec.databases, e.database)}))
+        order = sorted(jobs, key=lambda j: j.spec.cost((self.preset.steps or 1) * j.spec.step_fraction),
+                       reverse=True)  # longest first: the pool ends together
         with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job, state, j): j for j in todo}
+            futures = {pool.submit(_run_job, state, j): j for j in order}
             bar = tqdm(as_completed(futures), total=len(futures), disable=not self.progress,
-                       desc=f"training {len(todo)} models in {n} processes", unit="model")
+                       desc=f"{len(order)} models in {n} processes", unit="model")
             for future in bar:
                 problem = future.result()
                 if problem:
                     for other in futures:
                         other.cancel()
-                    raise MMLibError(f"training {futures[future].config['name']} failed: {problem}",
-                                     _job_dir(self, futures[future]))
+                    job = futures[future]
+                    raise MMLibError(f"model {job.spec.name} (seed {job.spec.seed}) failed: {problem}",
+                                     self.model_dir(job.spec))
 
-    def evaluate(self, model, cmap, cases, rows_extra: dict, subsets=None, all_combinations=False):
-        """Tidy rows for `cases`: every modality combination, the given subsets, or all modalities."""
-        from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases
+    # -- reading results back ----------------------------------------------------------------------
+    def results(self) -> pd.DataFrame:
+        """Every result row in the study folder that belongs to the current protocol: models whose
+        identity is current, evaluated with the current settings on the current data."""
+        folder = self.out_dir / "evaluations"
+        frames = []
+        current_settings = self.evaluation_settings()
+        for model_dir in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if not self._is_current(model_dir.name):
+                continue
+            for path in sorted(model_dir.glob("*.csv")):
+                rows = _read_rows(path)
+                db = rows["database"].iloc[0] if len(rows) else None
+                if db is None or rows["eval_settings"].iloc[0] != current_settings:
+                    continue
+                if rows["eval_data_id"].iloc[0] != self.databases([db])[db].data_id:
+                    continue
+                frames.append(rows)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-        kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
-                  model_name=rows_extra["model"], progress=self.progress)
-        extra = {k: v for k, v in rows_extra.items() if k != "model"}
-        extra["preset"] = self.preset.name
-        if all_combinations:
-            frames = [evaluate_all_combinations(model, cases, cmap, extra=extra, **kw)]
-        elif subsets:
-            frames = [evaluate_cases(model, cases, cmap, subset=s, extra=extra, **kw) for s in subsets]
-        else:
-            frames = [evaluate_cases(model, cases, cmap, extra=extra, **kw)]
-        df = pd.concat(frames, ignore_index=True)
-        if cases:
-            full = {c.database: "+".join(sort_modalities(c.modalities)) for c in cases}
-            df["all_modalities"] = df["subset"] == df["database"].map(full)
-        return df
-
-
-@dataclass
-class TrainJob:
-    """One model to train or load: its config and what else decides it.
-
-    steps: None for the preset's schedule. n_cases: train on the first n cases of the (one)
-    database only. channel_map: a ChannelMap dict (None: the union of the databases').
-    init: (how, checkpoint) to start from another model: how is 'finetune' (a copy of it) or
-    'progressive' (a progressive net on top of it); None starts from scratch.
-    """
-
-    config: dict
-    steps: int | None = None
-    n_cases: int | None = None
-    channel_map: dict | None = None
-    init: tuple[str, str] | None = None
+    def _is_current(self, folder: str) -> bool:
+        if folder.startswith("rule-"):
+            return True  # baselines: their data identity is checked per file
+        spec_file = self.models_dir / folder / "spec.json"
+        if not spec_file.is_file():
+            return False
+        try:
+            spec = spec_from_dict(json.loads(spec_file.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise MMLibError(f"unreadable model description ({exc})", spec_file) from None
+        return self.model_dir(spec).name == folder
 
 
-def _job_dir(study: Study, job: TrainJob) -> Path:
-    return model_dir(job.config, study.preset, study.models_dir, job.steps)
+def _has_channel(cmap, modality: str) -> bool:
+    try:
+        cmap.index(modality)
+    except Exception:
+        return False
+    return True
 
 
-def _job_cost(job: TrainJob) -> float:
-    """Relative training cost, to start the longest jobs first."""
-    factor = {"lfunet": 3.0, "mafunet": 1.5, "progressive": 2.0}.get(job.config["arch"], 1.0)
-    return (job.steps or 10**9) * len(job.config["databases"]) * factor
+def eval_channel_map(cmap, modalities):
+    """The channel map extended for a database the model never saw: its modalities without a
+    channel take free channels (Appendix B; SWI -> PD for TBI). Unchanged when none is free."""
+    from mmlib.models import assign_new_modalities
+
+    new = [m for m in modalities if not _has_channel(cmap, m)]
+    if not new:
+        return cmap
+    try:
+        mapping = assign_new_modalities(cmap.modalities, modalities)
+    except MMLibError:
+        return cmap  # subsets that need them are skipped (n/a)
+    return cmap.with_assignments({m: mapping[m] for m in new})
 
 
-def _run_job(state: dict, job: TrainJob) -> str | None:
-    """Worker-process entry of Study.train_all: train one job; the problem as text if it fails."""
+def _with_parents(jobs: list[Job]) -> list[Job]:
+    """`jobs`, de-duplicated, with a training job for each parent model not among them."""
+    out, seen = [], set()
+
+    def add(job: Job):
+        if job.spec.parent is not None:
+            add(Job(job.spec.parent))
+        key = (job.spec, job.evaluations)
+        if key not in seen:
+            seen.add(key)
+            out.append(job)
+
+    for job in jobs:
+        add(job)
+    return out
+
+
+def _do_job(study: Study, job: Job) -> None:
+    model, cmap = study.train(job.spec)
+    for ev in job.evaluations:
+        study.evaluate(job.spec, ev, model, cmap)
+
+
+def _run_job(state: dict, job: Job) -> str | None:
+    """Worker-process entry of Study.run: train and evaluate one job; the problem as text if it fails."""
     import torch
 
     # pick_device gives torch every core unless OMP_NUM_THREADS is set: set it, or the workers
     # would each take every core and slow one another down several times over.
     os.environ["OMP_NUM_THREADS"] = str(state["threads"])
     torch.set_num_threads(state["threads"])
-    study = Study(Path(state["out_dir"]), state["preset"], data_root=state["data_root"],
-                  device=state["device"], seeds=state["seeds"], progress=False, processes=1)
     try:
-        run_job(study, job)
+        study = Study(Path(state["out_dir"]), state["preset"], data_root=state["data_root"],
+                      device=state["device"], seeds=state["seeds"], progress=False, processes=1)
+        _do_job(study, job)
     except Exception as exc:  # reported in the parent, naming the model
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def run_job(study: Study, job: TrainJob):
-    """Train (or load) the model of `job`; (model, channel map, checkpoint path)."""
-    from mmlib.data.loaders import ChannelMap
-    from mmlib.engine.checkpoint import load_model
-    from mmlib.models import ProgressiveUNet
-
-    dbs = study.databases(job.config["databases"])
-    sets = {n: (d.train[:job.n_cases] if job.n_cases else d.train) for n, d in dbs.items()}
-    cmap = ChannelMap.from_dict(job.channel_map) if job.channel_map else None
-    init = None
-    if job.init is not None:
-        how, ckpt = job.init
-        if how not in ("finetune", "progressive"):
-            raise MMLibError(f"unknown way to start from a model: {how!r} (finetune or progressive)")
-
-        def init():
-            base = load_model(ckpt, device="cpu")[0]
-            return base if how == "finetune" else ProgressiveUNet(base)
-    return train_or_load(job.config, sets, study.preset, study.models_dir, device=study.device,
-                         progress=study.progress, channel_map=cmap, init=init, steps=job.steps)
-
-
-def sd_config(database: str, arch: str, drop: bool, seed: int, modalities=()) -> dict:
-    """A single-database model. With one modality, drop changes nothing: train it once."""
-    effective_drop = bool(drop) and len(modalities) != 1
-    return {"name": f"SD-{database}-{arch}-{'drop' if effective_drop else 'nodrop'}", "arch": arch,
-            "drop": effective_drop, "seed": seed, "databases": [database]}
-
-
-def md_config(arch: str, drop: bool, seed: int, databases=TRAINING_DATABASES) -> dict:
-    """A model trained jointly on `databases` (MD: all five; LOO: four)."""
-    tag = "MD" if tuple(databases) == TRAINING_DATABASES else "LOO-" + "".join(
-        d[:2] for d in TRAINING_DATABASES if d not in databases)
-    return {"name": f"{tag}-{arch}-{'drop' if drop else 'nodrop'}", "arch": arch, "drop": bool(drop),
-            "seed": seed, "databases": list(databases)}
-
-
-def _fraction_steps(preset: Preset, key: str) -> int | None:
-    """The preset's `steps` scaled by its study[key] fraction (None: the full schedule)."""
-    fraction = preset.study.get(key, 1.0)
-    if not preset.steps or fraction >= 1.0:
-        return None
-    return max(1, round(preset.steps * fraction))
-
-
-def parse_variant(variant: str) -> tuple[str, bool]:
-    """'multiunet+drop' -> ('multiunet', True); 'mafunet' -> ('mafunet', False)."""
-    arch, _, drop = variant.partition("+")
-    return arch, drop == "drop"
-
-
-def describe_cuts(preset: Preset) -> str:
-    """One line naming what this preset cuts from the paper's protocol (printed under tables)."""
-    s = preset.study
-    batch = f"{preset.batch_per_database} crop(s) per database per step"
-    if batch_per_database(preset, 1) != preset.batch_per_database:
-        batch += f" (single-database: {batch_per_database(preset, 1)})"
-    parts = [f"{preset.spacing_mm:g} mm voxels", f"{preset.crop}^3 crops", batch, f"width x{preset.width:g}",
-             f"{preset.steps or preset.epochs} {'steps' if preset.steps else 'epochs'} "
-             f"(single-database x{s.get('sd_fraction', 1):g}, fine-tuning x{s.get('finetune_fraction', 1):g})",
-             f"{len(preset.seeds)} seed(s)",
-             f"single-database {'/'.join(FUSION_NAMES[a] for a in s.get('fusion_archs', FUSION_NAMES))} on "
-             f"{', '.join(s.get('fusion_databases', [])) or 'none'}",
-             f"joint: {', '.join(s.get('joint_variants', []))}"
-             + ("" if s.get("joint_all_combinations", True) else " (evaluated with all modalities only)"),
-             f"leave-one-out on {', '.join(s.get('loo_targets', []))}"]
-    return f"preset {preset.name}: " + "; ".join(parts)
-
-
-def _job(study: Study, config: dict) -> TrainJob:
-    """A model of the study's grid: single-database models train for the preset's sd_fraction."""
-    steps = _fraction_steps(study.preset, "sd_fraction") if config["name"].startswith("SD-") else None
-    return TrainJob(config, steps=steps)
-
-
-def _train(study: Study, config: dict):
-    return run_job(study, _job(study, config))
-
-
-def _row_extra(config: dict, training: str, drop_label: bool | None = None, **more) -> dict:
-    return {"model": config["name"], "arch": config["arch"], "training": training,
-            "train_databases": "+".join(config["databases"]),
-            "drop": config["drop"] if drop_label is None else drop_label, "seed": config["seed"],
-            "method": "", "labels": "", **more}
-
-
-def single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiunet",),
-                    drops=(False, True)) -> pd.DataFrame:
-    """Table 2 and the SD rows of Table 3: per database, arch, drop and seed one model,
-    evaluated on its test cases with every combination of modalities."""
-    grid = [(db, sd_config(name, arch, drop, seed, db.manifest.modalities), drop)
-            for name, db in study.databases(databases).items()
-            for arch in archs for drop in drops for seed in study.seeds]
-    study.train_all([_job(study, config) for _, config, _ in grid])
-    frames = []
-    for db, config, drop in grid:
-        model, cmap, _ = _train(study, config)
-        frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "SD", drop),
-                                     all_combinations=True))
-    return pd.concat(frames, ignore_index=True)
-
-
-def saved_single_database(study: Study, databases=TRAINING_DATABASES, archs=("multiunet",),
-                          drops=(False, True)) -> pd.DataFrame:
-    """single_database's rows as notebook 01 saved them (results/01_single_database.csv) when
-    they cover every model asked for at this preset and seeds; else single_database's own run."""
-    path = study.out_dir / "results" / "01_single_database.csv"
-    if path.is_file():
-        saved = pd.read_csv(path)
-        wanted = {sd_config(name, arch, drop, seed, db.manifest.modalities)["name"] + f"@{seed}"
-                  for name, db in study.databases(databases).items()
-                  for arch in archs for drop in drops for seed in study.seeds}
-        saved = saved[(saved["preset"] == study.preset.name) & saved["database"].isin(list(databases))
-                      & saved["arch"].isin(list(archs))]
-        keys = saved["model"] + "@" + saved["seed"].astype(int).astype(str)
-        if wanted <= set(keys):
-            return saved[keys.isin(wanted)].reset_index(drop=True)
-    return single_database(study, databases, archs, drops)
-
-
-def joint_training(study: Study, variants=None, all_combinations: bool | None = None) -> pd.DataFrame:
-    """Table 3 (and 7-8): models trained on the five training databases at once.
-    `variants`: e.g. ['multiunet+drop', 'multiunet'] (default: the preset's joint_variants).
-    `all_combinations`: evaluate every modality combination, not only all modalities (default:
-    the preset's joint_all_combinations, else True)."""
-    if all_combinations is None:
-        all_combinations = study.preset.study.get("joint_all_combinations", True)
-    dbs = study.databases(TRAINING_DATABASES)
-    variants = variants or study.preset.study.get("joint_variants", ["multiunet+drop"])
-    configs = [md_config(arch, drop, seed) for arch, drop in map(parse_variant, variants)
-               for seed in study.seeds]
-    study.train_all([_job(study, config) for config in configs])
-    frames = []
-    for config in configs:
-        model, cmap, _ = _train(study, config)
-        for db in dbs.values():
-            frames.append(study.evaluate(model, cmap, db.test, _row_extra(config, "MD"),
-                                         all_combinations=all_combinations))
-    return pd.concat(frames, ignore_index=True)
-
-
-def new_modality_sets(study: Study) -> pd.DataFrame:
-    """Table 4 (and 9-10): ISLES with T1; T1,T2; FLAIR,T1,T2 and Tumor 2 with T1, segmented by
-    the ATLAS-only, BRATS-only (drop) and joint (with and without drop) models."""
-    targets = study.databases(EVALUATION_DATABASES)
-    atlas = study.databases(["ATLAS"])["ATLAS"].manifest.modalities
-    brats = study.databases(["BRATS"])["BRATS"].manifest.modalities
-    configs = [(config, training) for seed in study.seeds for config, training in (
-        (sd_config("ATLAS", "multiunet", False, seed, atlas), "SD"),
-        (sd_config("BRATS", "multiunet", True, seed, brats), "SD"),
-        (md_config("multiunet", False, seed), "MD"),
-        (md_config("multiunet", True, seed), "MD"))]
-    study.train_all([_job(study, config) for config, _ in configs])
-    frames = []
-    for config, training in configs:
-        model, cmap, _ = _train(study, config)
-        for name, sets in NEW_MODALITY_SETS.items():
-            usable = [s for s in sets if all(m in cmap.modalities for m in s)]
-            if usable:
-                frames.append(study.evaluate(model, cmap, targets[name].test,
-                                             _row_extra(config, training), subsets=usable))
-    return pd.concat(frames, ignore_index=True)
-
-
-def limited_label_count(database: Database) -> int:
-    """Table 6's limited set (20 cases, 50 for TBI), scaled to this twin's size."""
-    paper = PAPER_LIMITED_LABELS.get(database.name, 20)
-    n = len(database.train)
-    if n >= database.manifest.split_train:
-        return paper
-    return max(2, min(n, round(paper * n / database.manifest.split_train)))
-
-
-def _held_out_map(cmap, held_out: Database):
-    """The LOO model's channel map with the held-out database's new modalities assigned
-    to free channels (Appendix B)."""
-    from mmlib.models import assign_new_modalities
-
-    new = [m for m in held_out.manifest.modalities if m not in cmap.modalities]
-    if not new:
-        return cmap
-    mapping = assign_new_modalities(cmap.modalities, held_out.manifest.modalities)
-    return cmap.with_assignments({m: mapping[m] for m in new})
-
-
-def unseen_pathologies(study: Study, targets=None, finetune: bool = True) -> pd.DataFrame:
-    """Tables 5 and 6: per held-out database a joint model of the other four (with drop),
-    0-shot on the held-out test cases (FLAIR-or-T1 and all modalities), then scratch,
-    fine-tuned and progressive models with limited and with all training labels.
-
-    `targets`: held-out databases (default: the preset's loo_targets). Fine-tuning runs for the
-    preset's finetune_fraction of its steps."""
-    targets = list(targets or study.preset.study.get("loo_targets", TRAINING_DATABASES))
-    loo_configs = [(target, md_config("multiunet", True, seed, [d for d in TRAINING_DATABASES if d != target]))
-                   for target in targets for seed in study.seeds]
-    study.train_all([_job(study, config) for _, config in loo_configs])
-    frames, fine_tuned = [], []
-    for target, config in loo_configs:
-        held = study.databases([target])[target]
-        loo, cmap, ckpt = _train(study, config)
-        cmap = _held_out_map(cmap, held)
-        frames.append(study.evaluate(loo, cmap, held.test, _row_extra(config, "LOO", held_out=target),
-                                     subsets=[(single_test_modality(held.manifest.modalities),), None]))
-        if finetune:  # else Table 6's 0-shot column is these LOO rows alone
-            fine_tuned += _finetune_jobs(study, held, config, cmap, ckpt)
-    study.train_all([job for job, _, _ in fine_tuned])
-    for job, method, labels in fine_tuned:
-        model, cmap, _ = run_job(study, job)
-        target = job.config["databases"][0]
-        frames.append(study.evaluate(model, cmap, study.databases([target])[target].test, {
-            "model": job.config["name"], "arch": job.config["arch"], "training": "finetune",
-            "train_databases": target, "drop": True, "seed": job.config["seed"], "method": method,
-            "labels": labels, "held_out": target, "n_train_cases": job.n_cases}))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _finetune_jobs(study: Study, held: Database, loo_config: dict, cmap, ckpt: Path
-                   ) -> list[tuple[TrainJob, str, str]]:
-    """Table 6's models for one held-out database: scratch, fine-tuned and progressive, with
-    limited and with all training labels, for the preset's finetune_fraction of its steps."""
-    steps = _fraction_steps(study.preset, "finetune_fraction")
-    jobs = []
-    for labels in ("limited", "all"):
-        n = limited_label_count(held) if labels == "limited" else len(held.train)
-        for method in ("scratch", "finetune", "progressive"):
-            config = {"name": f"FT-{held.name}-{method}-{labels}",
-                      "arch": "progressive" if method == "progressive" else "multiunet", "drop": True,
-                      "seed": loo_config["seed"], "databases": [held.name], "n_cases": n,
-                      "from": config_key({"ckpt": str(ckpt.parent.name)}) if method != "scratch" else "",
-                      "channels": cmap.to_dict()}
-            init = None if method == "scratch" else (method, str(ckpt))
-            jobs.append((TrainJob(config, steps=steps, n_cases=n, channel_map=cmap.to_dict(), init=init),
-                         method, labels))
-    return jobs
+def _read_rows(path: Path) -> pd.DataFrame:
+    """Result rows as written: empty text stays '' (a missing metric is NaN)."""
+    try:
+        rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError) as exc:
+        raise MMLibError(f"unreadable result rows ({exc}); delete the file to evaluate again", path) from None
+    text = [c for c in rows.columns if not pd.api.types.is_numeric_dtype(rows[c]) or rows[c].isna().all()]
+    text = [c for c in text if c not in ("dice", "sensitivity", "precision", "assd", "n_train_cases")]
+    return rows.astype({c: object for c in text}).fillna({c: "" for c in text})
 
 
 def save_results(df: pd.DataFrame, out_dir: Path, name: str) -> Path:
-    """Write tidy rows to out_dir/results/<name>.csv atomically (temp file, then rename)."""
-    import os
-
+    """Write a notebook's tidy rows to out_dir/results/<name>.csv atomically."""
     path = Path(out_dir) / "results" / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path
 
 
-def load_results(out_dir: Path) -> pd.DataFrame:
-    """Every tidy results CSV of a study folder, concatenated."""
-    files = sorted((Path(out_dir) / "results").glob("*.csv"))
-    if not files:
-        return pd.DataFrame()
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+__all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "as_preset", "data_identity",
+           "eval_channel_map", "save_results", "spec_from_dict"]
