@@ -1,8 +1,12 @@
-"""The floor every trained model must clear: the best single-modality intensity threshold.
+"""Baselines that need no network: the best single-modality threshold (supervised) and an
+intensity-outlier rule (label-free).
 
-For each database, every rule 'modality above t' / 'modality below t' (inside the brain, on the
-z-scored image) is scored by its mean Dice over the training cases; the best rule is applied
-to the test cases and reported in the rows of `evaluate_cases`, with model='threshold'.
+Supervised: every rule 'modality above t' / 'modality below t' (inside the brain, on the
+z-scored image) is scored by its mean Dice over the training cases; the best is applied to the
+test cases. Label-free: voxels more than `OUTLIER_Z` robust standard deviations from the
+brain's median, on the side where lesions of that modality usually lie. Its threshold and sides
+are fixed in advance, never fitted to labels, so it is the floor for a claim of segmenting a
+pathology "above chance" (Table 5).
 """
 
 from __future__ import annotations
@@ -56,11 +60,14 @@ def _mean_dice(cases: list[PreparedCase], channel: int, thresholds: np.ndarray, 
     return total / len(cases)
 
 
-def best_threshold_rule(cases: list[PreparedCase], seed: int = 0) -> dict:
-    """The rule with the highest mean training Dice -> dict(modality, direction, threshold, train_dice)."""
+def best_threshold_rule(cases: list[PreparedCase], seed: int = 0, modalities=None) -> dict:
+    """The rule with the highest mean training Dice -> dict(modality, direction, threshold, train_dice),
+    searched over `modalities` (default: every modality of the cases)."""
     rng = np.random.default_rng(seed)
     best = {"train_dice": -1.0}
     for channel, modality in enumerate(cases[0].modalities):
+        if modalities is not None and modality not in modalities:
+            continue
         thresholds = _candidates(cases, channel, rng)
         for direction in ("above", "below"):
             dice = _mean_dice(cases, channel, thresholds, above=direction == "above")
@@ -78,17 +85,48 @@ def apply_rule(case: PreparedCase, rule: dict) -> np.ndarray:
     return hit & case.brain
 
 
-def threshold_baseline(train_cases: list[PreparedCase], test_cases: list[PreparedCase]) -> pd.DataFrame:
-    """Per database, the best single-modality threshold rule on `train_cases`, scored on that
-    database's `test_cases`: evaluate_cases rows (model='threshold') plus modality, direction,
-    threshold, train_dice. Test databases without training cases are skipped."""
+def threshold_baseline(train_cases: list[PreparedCase], test_cases: list[PreparedCase],
+                       modalities=None) -> pd.DataFrame:
+    """Per database, the best single-modality threshold rule on `train_cases` (over `modalities`,
+    default all), scored on that database's `test_cases`: evaluate_cases rows (model='threshold')
+    plus modality, direction, threshold, train_dice. Test databases without training cases are skipped."""
     by_db: dict[str, list[PreparedCase]] = defaultdict(list)
     for case in train_cases:
         by_db[case.database].append(case)
-    rules = {db: best_threshold_rule(cases) for db, cases in by_db.items()}
+    rules = {db: best_threshold_rule(cases, modalities=modalities) for db, cases in by_db.items()}
     rows = []
     for case in test_cases:
         if case.database in rules:
             rule = rules[case.database]
             rows.append({**case_row(case, apply_rule(case, rule), (rule["modality"],), "threshold"), **rule})
+    return pd.DataFrame(rows, columns=[*ROW_COLUMNS, "modality", "direction", "threshold", "train_dice"])
+
+
+#: Where lesions usually lie on each modality relative to normal tissue: bright (+1) or dark (-1).
+#: Fixed from how these contrasts show the paper's pathologies (hyperintense on FLAIR, T2, PD, DWI
+#: and T1c; hypointense on T1, and SWI for microbleeds), not fitted to any label.
+LESION_SIDE = {"FLAIR": 1, "T2": 1, "PD": 1, "DWI": 1, "T1c": 1, "T1": -1, "SWI": -1}
+#: The label-free rule's cut, in robust standard deviations (1.4826 x the median absolute deviation).
+OUTLIER_Z = 3.0
+
+
+def outlier_rule(case: PreparedCase, modality: str) -> np.ndarray:
+    """Binary (X, Y, Z): brain voxels of `modality` more than OUTLIER_Z robust SDs from the brain's
+    median on the modality's lesion side (LESION_SIDE). Uses no label."""
+    x = case.image[case.modalities.index(modality)]
+    inside = x[case.brain]
+    median = float(np.median(inside))
+    mad = float(np.median(np.abs(inside - median))) * 1.4826
+    z = (x - median) / (mad if mad > 1e-8 else 1.0)
+    return (LESION_SIDE[modality] * z > OUTLIER_Z) & case.brain
+
+
+def outlier_baseline(test_cases: list[PreparedCase], modality: str) -> pd.DataFrame:
+    """The label-free outlier rule on `modality` of each test case: evaluate_cases rows
+    (model='outlier') plus modality, direction and threshold (z)."""
+    rows = []
+    for case in test_cases:
+        rule = {"modality": modality, "direction": "above" if LESION_SIDE[modality] > 0 else "below",
+                "threshold": OUTLIER_Z, "train_dice": float("nan")}
+        rows.append({**case_row(case, outlier_rule(case, modality), (modality,), "outlier"), **rule})
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, "modality", "direction", "threshold", "train_dice"])
