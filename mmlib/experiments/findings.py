@@ -1,343 +1,388 @@
-"""The paper's findings F1-F6, tested on a run's tidy results.
+"""The paper's findings F1-F6, judged clause by clause with 95% bootstrap confidence intervals.
 
-Each finding is measured on tables in the paper's layout, so the same code measures our run
-(tables built from results) and the paper (its published tables): "measured" and "paper"
-hold the same numbers. `holds` is None when the results cannot test the finding.
+Each finding is split into the clauses of the paper's sentence (`CLAUSES`: the words each tests,
+the effect it measures, its threshold and why). A clause's effect is the mean over its groups
+(architectures, databases or targets) of a signed sum of table cells. On our results every cell
+is built from per-case values (mmlib.experiments.tables terms), so the effect is bootstrapped:
+test cases resampled within each database and seeds resampled, the same draws for every model
+(paired). Verdict per clause:
+
+- holds: the whole 95% interval lies on the claimed side of the threshold;
+- does not hold: the whole interval lies on the other side (or on the threshold);
+- inconclusive: the interval straddles the threshold;
+- untested: a cell it needs was not run.
+
+A finding holds only when every clause holds. The paper's own numbers go through the same
+clauses as point values (it publishes no per-case results), as a check of the reading.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.experiments import tables as T
 from mmlib.experiments.paper import paper_finding, paper_table
+from mmlib.experiments.protocol import ARCHITECTURES, SMALL_DATABASES
 
-#: The thresholds that turn each finding into a test (absolute Dice).
-CRITERIA: dict[str, float] = {
-    "f1_max_all_modality_cost": 0.05,  # F1 'at little cost': all-modality Dice lost to drop
-    "f2_tolerance": 0.02,              # F2 'about as well': MD average >= SD average - this
-    "f3_margin": 0.05,                 # F3 'far better': MD-drop beats each comparator by this
-    "f4_margin": 0.0,                  # F4 'better'
-    "f5_default_chance": 0.05,         # F5 chance Dice when no threshold baseline was run
-    "f6_min_progressive_gain": 0.0,    # F6 'add a little more': mean progressive - finetune
-}
 FINDINGS = ("F1", "F2", "F3", "F4", "F5", "F6")
-Measured = dict[str, Any]
+#: Bootstrap replicates and the generator's seed (fixed: a verdict never changes between readings).
+N_BOOTSTRAP = 2000
+BOOTSTRAP_SEED = 0
+VERDICTS = ("holds", "inconclusive", "does not hold", "untested")
+
+Cell = tuple[int, str, Any]  # (table, row, column)
 
 
-def _num(x: Any) -> float | None:
-    """A plain float for JSON, None for NaN/missing."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else round(x, 4)
+@dataclass(frozen=True)
+class Clause:
+    """One testable clause of a finding: effect = mean over groups of sum(weight x cell)."""
+
+    finding: str
+    key: str
+    words: str
+    effect: str
+    groups: tuple[tuple[str, tuple[tuple[float, Cell], ...]], ...]
+    side: str
+    threshold: float
+    why: str
+    paper_rows: dict = field(default_factory=dict)  # our row -> the paper's row that plays its part
+
+    def claim(self) -> str:
+        return f"{self.effect} {self.side} {self.threshold:g}"
 
 
-def _get(table: pd.DataFrame, row: str, col: Any) -> float | None:
-    if row not in table.index or col not in table.columns:
-        return None
-    return _num(table.loc[row, col])
+def _diff(table: int, plus: str, minus: str, column: Any) -> tuple[tuple[float, Cell], ...]:
+    return ((1.0, (table, plus, column)), (-1.0, (table, minus, column)))
 
 
-def _verdict(checks: list[tuple[str, bool]], untested: list[str]) -> tuple[bool | None, str]:
-    """holds = every testable check passes; None when nothing could be tested."""
-    if not checks:
-        return None, "not enough results: " + ("; ".join(untested) or "no comparable cells")
-    failed = [name for name, ok in checks if not ok]
-    why = (f"fails: {'; '.join(failed)}" if failed
-           else f"passes {len(checks)}/{len(checks)} checks: {'; '.join(name for name, _ in checks)}")
-    if untested:
-        why += f" (not tested: {'; '.join(untested)})"
-    return not failed, why
+def _clauses() -> list[Clause]:
+    out: list[Clause] = []
+    # F1 (Table 2): per architecture.
+    for arch in ARCHITECTURES.values():
+        name = arch.paper_name
+        out.append(Clause(
+            "F1", f"F1 drop shrinks the loss ({name})",
+            "training with modality drop shrinks the loss of Dice when modalities are missing at test time, "
+            "for every architecture",
+            f"{name}: Dice change with missing modalities, drop minus no drop",
+            ((name, _diff(2, "modality drop", "all modalities", (name, "dice_change"))),), ">", 0.0,
+            "any shrinking counts; the paper's is 0.15-0.40 Dice"))
+        out.append(Clause(
+            "F1", f"F1 little cost ({name})", "at little cost with all modalities present",
+            f"{name}: all-modality Dice, no drop minus drop",
+            ((name, _diff(2, "all modalities", "modality drop", (name, "dice"))),), "<", 0.03,
+            "'little': twice the paper's largest cost (0.015, LFUnet), a tenth of drop's gain"))
+    # F2 (Table 3).
+    md, sd = "MultiUnet-MD (drop)", "Unet-SD (all mods)"
+    for db in TRAINING_DATABASES:
+        out.append(Clause(
+            "F2", f"F2 about as well ({db})",
+            "one jointly trained model segments every training database about as well as the database-specific models",
+            f"{db}: Dice of the joint model (drop) minus the single-database model (all modalities)",
+            ((db, _diff(3, md, sd, db)),), ">", -0.05,
+            "'about as well': within 0.05 Dice per database (the paper's differences are -0.002 to +0.017)"))
+    out.append(Clause(
+        "F2", "F2 average at least as good", "the average is at least as good",
+        "mean over the five databases of joint (drop) minus single-database (all modalities) Dice",
+        tuple((db, _diff(3, md, sd, db)) for db in TRAINING_DATABASES), ">", -0.01,
+        "'at least as good' as non-inferiority within 0.01 Dice (the paper: +0.005)"))
+    out.append(Clause(
+        "F2", "F2 gains on the small databases", "gains landing on the small databases",
+        f"mean over {' and '.join(SMALL_DATABASES)} (fewer than 100 training cases) of joint minus single-database Dice",
+        tuple((db, _diff(3, md, sd, db)) for db in SMALL_DATABASES), ">", 0.0,
+        "a gain is any positive difference (the paper: +0.017 MSSEG, +0.004 WMH)"))
+    # F3 (Table 4).
+    drop, nodrop, atlas = "all five (drop)", "all five (all mods)", "ATLAS only"
+    far = "'far better': half the paper's smallest margin on T1 (0.295)"
+    out += [
+        Clause("F3", "F3 far better than the single-database model (ISLES T1)",
+               "segments a seen pathology (stroke) in a new database ... far better than the single-database model",
+               "ISLES (T1): joint (drop) minus ATLAS only", (("ISLES (T1)", _diff(4, drop, atlas, "ISLES (T1)")),),
+               ">", 0.15, far),
+        Clause("F3", "F3 far better than the joint model without drop (ISLES T1)",
+               "far better ... than the joint model trained without drop",
+               "ISLES (T1): joint (drop) minus joint (no drop)", (("ISLES (T1)", _diff(4, drop, nodrop, "ISLES (T1)")),),
+               ">", 0.15, far),
+        Clause("F3", "F3 far better from a set never seen with stroke (ISLES T1,T2)",
+               "from modality sets it never saw stroke in, far better than the joint model trained without drop",
+               "ISLES (T1,T2): joint (drop) minus joint (no drop)",
+               (("ISLES (T1,T2)", _diff(4, drop, nodrop, "ISLES (T1,T2)")),), ">", 0.15, far),
+        Clause("F3", "F3 better with FLAIR too (ISLES FLAIR,T1,T2)",
+               "from modality sets it never saw stroke in, better than the joint model trained without drop",
+               "ISLES (FLAIR,T1,T2): joint (drop) minus joint (no drop)",
+               (("ISLES (FLAIR,T1,T2)", _diff(4, drop, nodrop, "ISLES (FLAIR,T1,T2)")),), ">", 0.0,
+               "with FLAIR the comparator does not fail, so only 'better' is claimed (the paper: +0.088)"),
+        Clause("F3", "F3 the single-database model fails on T1", "which fail on T1 alone",
+               "ISLES (T1): Dice of ATLAS only", (("ISLES (T1)", ((1.0, (4, atlas, "ISLES (T1)")),)),), "<", 0.10,
+               "'fail': below 0.10 Dice (the paper's failures: 0.046-0.053; its successes: 0.35 and up)"),
+        Clause("F3", "F3 the joint model without drop fails on T1", "which fail on T1 alone",
+               "ISLES (T1): Dice of the joint model without drop", (("ISLES (T1)", ((1.0, (4, nodrop, "ISLES (T1)")),)),),
+               "<", 0.10, "'fail': below 0.10 Dice (the paper's failures: 0.046-0.053; its successes: 0.35 and up)"),
+    ]
+    # F4 (Table 4).
+    out.append(Clause(
+        "F4", "F4 better than the tumour-only model (Tumor 2 T1)",
+        "the joint drop model segments tumour from T1 alone in a new database better than a tumour-only model "
+        "trained with drop", "Tumor 2 (T1): joint (drop) minus BRATS only (drop)",
+        (("Tumor 2 (T1)", _diff(4, drop, "BRATS only (drop)", "Tumor 2 (T1)")),), ">", 0.0,
+        "'better': any positive difference (the paper: +0.051)"))
+    # F5 (Table 5): per held-out database.
+    zero, zero_all, upper = "Multi-Unet (drop), FLAIR or T1", "Multi-Unet (drop), all", "Unet-SD (upper bound), all"
+    for db in paper_table(5).columns:
+        out.append(Clause(
+            "F5", f"F5 above chance ({db})", "a model that never saw a pathology still segments it clearly above chance",
+            f"{db}: 0-shot Dice (FLAIR or T1) minus the label-free floor on the same cases and modality",
+            ((db, _diff(5, zero, T.FLOOR_ROW, db)),), ">", 0.0,
+            "'clearly': the whole interval above the floor; the floor is an intensity-outlier rule fixed in "
+            "advance (the paper's floor: its unsupervised DDPM)",
+            paper_rows={T.FLOOR_ROW: "DDPM (unsupervised), FLAIR or T1"}))
+        out.append(Clause(
+            "F5", f"F5 below the upper bound ({db})", "below the supervised upper bound",
+            f"{db}: single-database model (all modalities) minus 0-shot, all modalities",
+            ((db, _diff(5, upper, zero_all, db)),), ">", 0.0, "'below': any positive gap"))
+    # F6 (Table 6): means over the five targets.
+    targets = tuple(paper_table(6).index)
 
+    def per_target(pairs) -> tuple:
+        return tuple((t, tuple((w, (6, t, col)) for w, col in pairs)) for t in targets)
 
-# -- F1 (Table 2) -------------------------------------------------------------------------
-def _measure_f1(tables: dict[int, pd.DataFrame], chance: dict[str, float]) -> Measured:
-    t = tables[2]
-    out = {}
-    for arch in T.ARCHITECTURES:
-        out[arch] = {
-            "dice_all_no_drop": _get(t, "all modalities", (arch, "dice")),
-            "dice_all_drop": _get(t, "modality drop", (arch, "dice")),
-            "change_no_drop": _get(t, "all modalities", (arch, "dice_change")),
-            "change_drop": _get(t, "modality drop", (arch, "dice_change")),
-        }
+    out += [
+        Clause("F6", "F6 fine-tuning beats scratch, limited labels",
+               "starting from the jointly trained model beats training from scratch on a new pathology",
+               "mean over the five targets of fine-tuned minus scratch Dice, limited labels",
+               per_target([(1, "limited finetune"), (-1, "limited scratch")]), ">", 0.0,
+               "'beats': any positive mean gain (the paper: +0.050)"),
+        Clause("F6", "F6 fine-tuning beats scratch, all labels",
+               "starting from the jointly trained model beats training from scratch on a new pathology",
+               "mean over the five targets of fine-tuned minus scratch Dice, all labels",
+               per_target([(1, "all finetune"), (-1, "all scratch")]), ">", 0.0,
+               "'beats': any positive mean gain (the paper: +0.012)"),
+        Clause("F6", "F6 most clearly with limited labels", "most clearly with limited labels",
+               "mean over targets of the fine-tuning gain with limited labels minus the gain with all labels",
+               per_target([(1, "limited finetune"), (-1, "limited scratch"), (-1, "all finetune"), (1, "all scratch")]),
+               ">", 0.0, "'most clearly': a larger gain (the paper: +0.039)"),
+        Clause("F6", "F6 progressive nets add a little more", "progressive nets add a little more",
+               "mean over targets and label budgets of progressive minus fine-tuned Dice",
+               per_target([(0.5, "limited progressive"), (-0.5, "limited finetune"), (0.5, "all progressive"),
+                           (-0.5, "all finetune")]), ">", 0.0,
+               "'add more': a positive mean gain, a tie does not count (the paper: +0.009)"),
+    ]
     return out
 
 
-def _judge_f1(m: Measured) -> tuple[bool | None, str]:
-    cost = CRITERIA["f1_max_all_modality_cost"]
-    checks, untested = [], []
-    for arch, v in m.items():
-        if None in v.values():
-            untested.append(f"{arch} (needs SD models with and without drop)")
-            continue
-        checks.append((f"{arch}: |change| {abs(v['change_drop']):.3f} with drop < "
-                       f"{abs(v['change_no_drop']):.3f} without",
-                       abs(v["change_drop"]) < abs(v["change_no_drop"])))
-        lost = v["dice_all_no_drop"] - v["dice_all_drop"]
-        checks.append((f"{arch}: all-modality Dice lost to drop {lost:.3f} <= {cost}", lost <= cost))
-    return _verdict(checks, untested)
+#: Every clause of F1-F6: the paper's words, the effect measured, threshold and why.
+CLAUSES: tuple[Clause, ...] = tuple(_clauses())
 
 
-def _f1_results(df: pd.DataFrame) -> pd.DataFrame:
-    """SD results restricted, per architecture, to databases run both with and without drop."""
-    sd = df[df["training"] == "SD"]
-    keep = []
-    for arch, of_arch in sd.groupby("arch"):
-        both = set(of_arch.loc[of_arch["drop"], "database"]) & set(of_arch.loc[~of_arch["drop"], "database"])
-        keep.append(of_arch[of_arch["database"].isin(both)])
-    return pd.concat(keep) if keep else sd
+# -- measuring a clause -----------------------------------------------------------------------------
+@dataclass
+class Judgement:
+    """A clause measured: effect, 95% interval, verdict, and what could not be measured."""
+
+    clause: Clause
+    effect: float | None
+    low: float | None
+    high: float | None
+    verdict: str
+    groups_measured: int
+    missing: list[str]
+    seeds: int = 0
+    cases: int = 0
+
+    def to_json(self) -> dict:
+        c = self.clause
+        return {"clause": c.key, "words": c.words, "effect": c.effect, "side": c.side, "threshold": c.threshold,
+                "why": c.why, "value": _num(self.effect), "ci95": [_num(self.low), _num(self.high)],
+                "verdict": self.verdict, "groups": f"{self.groups_measured} of {len(c.groups)}",
+                "missing": self.missing, "seeds": self.seeds, "cases": self.cases}
 
 
-# -- F2 (Table 3) -------------------------------------------------------------------------
-def _measure_f2(tables: dict[int, pd.DataFrame], chance: dict[str, float]) -> Measured:
-    t = tables[3]
-    databases = [c for c in t.columns if c not in ("Avg", "seeds")]
-    md = "MultiUnet-MD (drop)"
-    sd = next((r for r in ("Unet-SD (all mods)", "Unet-SD (drop)")
-               if r in t.index and any(_get(t, r, d) is not None and _get(t, md, d) is not None
-                                       for d in databases)), None)
-    if sd is None:
-        return {"sd_row": None, "databases": [], "md_average": None, "sd_average": None, "gain": {}}
-    common = [d for d in databases if _get(t, sd, d) is not None and _get(t, md, d) is not None]
-    gain = {d: _num(t.loc[md, d] - t.loc[sd, d]) for d in common}
-    return {"sd_row": sd, "databases": common,
-            "md_average": _num(np.mean([t.loc[md, d] for d in common])),
-            "sd_average": _num(np.mean([t.loc[sd, d] for d in common])), "gain": gain}
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
 
 
-def _judge_f2(m: Measured) -> tuple[bool | None, str]:
-    tol = CRITERIA["f2_tolerance"]
-    if not m["databases"]:
-        return _verdict([], ["needs MultiUnet-MD (drop) and Unet-SD on a common database"])
-    ok = m["md_average"] >= m["sd_average"] - tol
-    best = max(m["gain"], key=m["gain"].get)
-    holds, why = _verdict([(f"MD average {m['md_average']:.3f} >= {m['sd_row']} average "
-                            f"{m['sd_average']:.3f} - {tol} over {len(m['databases'])} databases", ok)], [])
-    return holds, why + f"; largest gain on {best} ({m['gain'][best]:+.3f})"
+def verdict(side: str, threshold: float, low: float, high: float) -> str:
+    """holds / does not hold / inconclusive for an interval [low, high] against `side threshold`."""
+    if side == ">":
+        return "holds" if low > threshold else "does not hold" if high <= threshold else "inconclusive"
+    return "holds" if high < threshold else "does not hold" if low >= threshold else "inconclusive"
 
 
-# -- F3 and F4 (Table 4) ------------------------------------------------------------------
-def _measure_f3(tables: dict[int, pd.DataFrame], chance: dict[str, float]) -> Measured:
-    t = tables[4]
-    return {col: {row: _get(t, row, col) for row in ("all five (drop)", "all five (all mods)", "ATLAS only")}
-            for col in ("ISLES (T1)", "ISLES (T1,T2)")}
+def _cell_name(cell: Cell) -> str:
+    table, row, col = cell
+    col = " ".join(col) if isinstance(col, tuple) else col
+    return f"Table {table} [{row} | {col}]"
 
 
-def _judge_f3(m: Measured) -> tuple[bool | None, str]:
-    margin = CRITERIA["f3_margin"]
-    checks, untested = [], []
-    for col, v in m.items():
-        for other in ("ATLAS only", "all five (all mods)"):
-            if col == "ISLES (T1,T2)" and other == "ATLAS only":
-                continue  # the ATLAS-only model has no T2 channel (n/a in the paper)
-            name = f"{col}: MD drop vs {other}"
-            if v["all five (drop)"] is None or v[other] is None:
-                untested.append(name)
-                continue
-            checks.append((f"{name}: {v['all five (drop)']:.3f} > {v[other]:.3f} + {margin}",
-                           v["all five (drop)"] > v[other] + margin))
-    return _verdict(checks, untested)
+def _bootstrap(groups: list[list[tuple[float, list[T.Term]]]], rng: np.random.Generator, n: int
+               ) -> tuple[float, np.ndarray, int, int]:
+    """Point effect and `n` bootstrap replicates of mean_g sum_t w x term, resampling each
+    database's cases and the seeds (paired across terms)."""
+    terms = [(weight * t.weight / len(groups), t) for g in groups for weight, ts in g for t in ts]
+    seeds = sorted({s for _, t in terms for s in t.values.index.get_level_values("seed")})
+    cases: dict[str, list] = {}
+    for _, t in terms:
+        cases.setdefault(t.database, set()).update(t.values.index.get_level_values("case_id"))
+    cases = {db: sorted(c) for db, c in cases.items()}
+    seed_draws = rng.integers(0, len(seeds), size=(n, len(seeds)))
+    case_draws = {db: rng.integers(0, len(c), size=(n, len(c))) for db, c in cases.items()}
+    point, reps = 0.0, np.zeros(n)
+    for w, t in terms:
+        m = t.values.unstack("case_id").reindex(index=seeds, columns=cases[t.database]).to_numpy(float)
+        point += w * np.nanmean(np.nanmean(m, axis=1))
+        draw = m[seed_draws[:, :, None], case_draws[t.database][:, None, :]]
+        with np.errstate(all="ignore"), _quiet():
+            reps += w * np.nanmean(np.nanmean(draw, axis=2), axis=1)
+    return point, reps, len(seeds), sum(len(c) for c in cases.values())
 
 
-def _measure_f4(tables: dict[int, pd.DataFrame], chance: dict[str, float]) -> Measured:
-    t = tables[4]
-    return {row: _get(t, row, "Tumor 2 (T1)") for row in ("all five (drop)", "BRATS only (drop)")}
+class _quiet:
+    """Silence numpy's 'mean of empty slice' warning (an all-missing draw gives NaN, dropped later)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
 
 
-def _judge_f4(m: Measured) -> tuple[bool | None, str]:
-    margin = CRITERIA["f4_margin"]
-    md, brats = m["all five (drop)"], m["BRATS only (drop)"]
-    if md is None or brats is None:
-        return _verdict([], ["Tumor 2 (T1) needs all five (drop) and BRATS only (drop)"])
-    return _verdict([(f"Tumor 2 (T1): MD drop {md:.3f} > BRATS only (drop) {brats:.3f} + {margin}",
-                      md > brats + margin)], [])
-
-
-# -- F5 (Table 5) -------------------------------------------------------------------------
-def _measure_f5(tables: dict[int, pd.DataFrame], chance: dict[str, float]) -> Measured:
-    t = tables[5]
-    out = {}
-    for db in [c for c in t.columns if c != "seeds"]:
-        zero = _get(t, "Multi-Unet (drop), FLAIR or T1", db)
-        if zero is None:
-            continue
-        base = chance.get(db)
-        out[db] = {"zero_shot": zero,
-                   "chance": _num(base) if base is not None else CRITERIA["f5_default_chance"],
-                   "chance_from": "threshold baseline" if base is not None else "default",
-                   "upper_bound": _get(t, "Unet-SD (upper bound), all", db)}
-    return out
-
-
-def _judge_f5(m: Measured) -> tuple[bool | None, str]:
-    checks, untested = [], []
-    for db, v in m.items():
-        checks.append((f"{db}: 0-shot {v['zero_shot']:.3f} > chance {v['chance']:.3f} ({v['chance_from']})",
-                       v["zero_shot"] > v["chance"]))
-        if v["upper_bound"] is None:
-            untested.append(f"{db} upper bound")
+def judge(clause: Clause, results: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP) -> Judgement:
+    """Measure `clause` on tidy `results`, with its 95% bootstrap interval and verdict."""
+    measured, missing = [], []
+    for name, parts in clause.groups:
+        found = [(w, T.cell_terms(t, r, c, results)) for w, (t, r, c) in parts]
+        lacking = [_cell_name(cell) for (w, cell), (_, terms) in zip(parts, found) if not terms]
+        if lacking:
+            missing += lacking
         else:
-            checks.append((f"{db}: 0-shot < SD upper bound {v['upper_bound']:.3f}",
-                           v["zero_shot"] < v["upper_bound"]))
-    if not m:
-        untested.append("needs leave-one-out Multi-Unet (drop) results")
-    return _verdict(checks, untested)
+            measured.append(found)
+    if not measured:
+        return Judgement(clause, None, None, None, "untested", 0, missing)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    point, reps, n_seeds, n_cases = _bootstrap(measured, rng, n_bootstrap)
+    reps = reps[np.isfinite(reps)]
+    low, high = (np.percentile(reps, [2.5, 97.5]) if reps.size else (point, point))
+    word = "untested" if missing else verdict(clause.side, clause.threshold, float(low), float(high))
+    return Judgement(clause, float(point), float(low), float(high), word, len(measured), missing, n_seeds, n_cases)
 
 
-def _chance(df: pd.DataFrame) -> dict[str, float]:
-    """Per database: the threshold baseline's Dice (on the 'FLAIR or T1' subset if run)."""
+def judge_paper(clause: Clause) -> Judgement:
+    """The clause on the paper's published numbers: a point value, no interval."""
+    total, missing = 0.0, []
+    for _, parts in clause.groups:
+        for w, (table, row, col) in parts:
+            value = paper_table(table).loc[clause.paper_rows.get(row, row), col]
+            if pd.isna(value):
+                missing.append(_cell_name((table, row, col)))
+            total += w * float(value) / len(clause.groups)
+    if missing:
+        return Judgement(clause, None, None, None, "untested", 0, missing)
+    word = verdict(clause.side, clause.threshold, total, total)
+    return Judgement(clause, total, total, total, word, len(clause.groups), [])
+
+
+def finding_verdict(judgements: list[Judgement]) -> str:
+    """A finding holds only when every clause holds; one that does not hold decides against it."""
+    words = [j.verdict for j in judgements]
+    for word in ("does not hold", "inconclusive", "untested"):
+        if word in words:
+            return word
+    return "holds"
+
+
+def evaluate_findings(results: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP) -> dict[str, dict[str, Any]]:
+    """Every finding judged on tidy `results`: {F: {finding, verdict, clauses: [Judgement], paper: [...]}}."""
+    df = T.tidy_results(results) if not results.empty else T.tidy_results(
+        pd.DataFrame(columns=["database", "case_id", "subset", "seed", "dice"]))
     out = {}
-    base = df[df["arch"] == "threshold"]
-    for db in base["database"].unique():
-        of_db = base[base["database"] == db]
-        sub = T.flair_or_t1(df, db)
-        value, _ = T.cell(of_db, {"subset": sub} if (of_db["subset"] == sub).any() else {})
-        if not math.isnan(value):
-            out[db] = value
+    for name in FINDINGS:
+        clauses = [c for c in CLAUSES if c.finding == name]
+        ours = [judge(c, df, n_bootstrap) for c in clauses]
+        paper = [judge_paper(c) for c in clauses]
+        out[name] = {"finding": paper_finding(name), "verdict": finding_verdict(ours), "clauses": ours,
+                     "paper_verdict": finding_verdict(paper), "paper": paper}
     return out
 
 
-# -- F6 (Table 6) -------------------------------------------------------------------------
-def _measure_f6(tables: dict[int, pd.DataFrame], chance: dict[str, float]) -> Measured:
-    t = tables[6]
-    finetune_gain = {target: _num(t.loc[target, "limited finetune"] - t.loc[target, "limited scratch"])
-                     for target in t.index}
-    progressive_gain = {f"{target} {labels}": _num(t.loc[target, f"{labels} progressive"]
-                                                   - t.loc[target, f"{labels} finetune"])
-                        for target in t.index for labels in ("limited", "all")}
-    all_gain = {target: _num(t.loc[target, "all finetune"] - t.loc[target, "all scratch"])
-                for target in t.index}
-    kept = lambda d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
-    finetune_gain, progressive_gain, all_gain = kept(finetune_gain), kept(progressive_gain), kept(all_gain)
-    mean = lambda d: _num(np.mean(list(d.values()))) if d else None  # noqa: E731
-    return {"limited_finetune_minus_scratch": finetune_gain,
-            "limited_targets_finetune_better": sum(v > 0 for v in finetune_gain.values()),
-            "limited_mean_gain": mean(finetune_gain), "all_labels_mean_gain": mean(all_gain),
-            "progressive_minus_finetune": progressive_gain,
-            "progressive_mean_gain": mean(progressive_gain)}
-
-
-def _judge_f6(m: Measured) -> tuple[bool | None, str]:
-    checks, untested = [], []
-    gains = m["limited_finetune_minus_scratch"]
-    if gains:
-        better = m["limited_targets_finetune_better"]
-        checks.append((f"limited labels: finetune > scratch on {better}/{len(gains)} targets (majority)",
-                       better > len(gains) / 2))
-    else:
-        untested.append("limited-label finetune vs scratch")
-    if m["progressive_mean_gain"] is not None:
-        need = CRITERIA["f6_min_progressive_gain"]
-        checks.append((f"progressive - finetune {m['progressive_mean_gain']:+.3f} on average "
-                       f"(over {len(m['progressive_minus_finetune'])} cells) >= {need}",
-                       m["progressive_mean_gain"] >= need))
-    else:
-        untested.append("progressive vs finetune")
-    return _verdict(checks, untested)
-
-
-_TESTS: dict[str, tuple[Callable, Callable]] = {
-    "F1": (_measure_f1, _judge_f1), "F2": (_measure_f2, _judge_f2), "F3": (_measure_f3, _judge_f3),
-    "F4": (_measure_f4, _judge_f4), "F5": (_measure_f5, _judge_f5), "F6": (_measure_f6, _judge_f6),
-}
-
-
-def _our_tables(results: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    df = T.tidy_results(results)
-    return {2: T.table2(_f1_results(df)), 3: T.table3(df), 4: T.table4(df), 5: T.table5(df),
-            6: T.table6(df)}
-
-
-def _paper_tables() -> dict[int, pd.DataFrame]:
-    return {n: paper_table(n) for n in (2, 3, 4, 5, 6)}
-
-
-def paper_findings() -> dict[str, dict[str, Any]]:
-    """The same tests applied to the paper's own numbers: {F: {"paper", "holds", "why"}}."""
-    out = {}
-    for name, (measure, judge) in _TESTS.items():
-        m = measure(_paper_tables(), {})
-        holds, why = judge(m)
-        out[name] = {"paper": m, "holds": holds, "why": why}
-    return out
-
-
-def evaluate_findings(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Test F1-F6 on tidy `results`: per finding {finding, measured, paper, holds, why}."""
-    ours = _our_tables(results)
-    chance = _chance(T.tidy_results(results))
-    paper = _paper_tables()
-    out = {}
-    for name, (measure, judge) in _TESTS.items():
-        measured = measure(ours, chance)
-        holds, why = judge(measured)
-        out[name] = {"finding": paper_finding(name), "measured": measured,
-                     "paper": measure(paper, {}), "holds": holds, "why": why}
-    return out
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return _num(x)
-    return x
+def findings_json(findings: dict[str, dict[str, Any]]) -> dict:
+    return {"bootstrap": {"replicates": N_BOOTSTRAP, "seed": BOOTSTRAP_SEED, "interval": 0.95},
+            "findings": {name: {"finding": f["finding"], "verdict": f["verdict"], "paper_verdict": f["paper_verdict"],
+                                "clauses": [j.to_json() for j in f["clauses"]],
+                                "paper": [j.to_json() for j in f["paper"]]}
+                         for name, f in findings.items()}}
 
 
 def write_findings(results: pd.DataFrame, path: str | Path) -> Path:
-    """Evaluate the findings and write them as JSON; `path` is a .json file or a folder
+    """Judge the findings and write them as JSON atomically; `path` is a .json file or a folder
     (then <path>/findings.json). Returns the file written."""
+    import os
+
     path = Path(path)
     if path.suffix != ".json":
         path = path / "findings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    findings = evaluate_findings(results)
-    path.write_text(json.dumps({"criteria": CRITERIA, "findings": _jsonable(findings)}, indent=2))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(findings_json(evaluate_findings(results)), indent=2))
+    os.replace(tmp, path)
     return path
 
 
-def _verdict_word(holds: bool | None) -> str:
-    return {True: "holds", False: "does not hold", None: "not tested"}[holds]
+def _fmt(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:+.3f}"
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+def clauses_frame(findings: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per clause: finding, clause, effect, 95% CI, claim, verdict, the paper's value."""
+    rows = []
+    for name, f in findings.items():
+        for ours, paper in zip(f["clauses"], f["paper"]):
+            c = ours.clause
+            ci = "–" if ours.low is None else f"[{ours.low:+.3f}, {ours.high:+.3f}]"
+            extra = f" (over {ours.groups_measured} of {len(c.groups)})" if ours.missing and ours.groups_measured else ""
+            rows.append({"finding": name, "clause": c.key, "effect": _fmt(ours.effect) + extra, "95% CI": ci,
+                         "claim": f"{c.side} {c.threshold:g}", "verdict": ours.verdict,
+                         "paper": _fmt(paper.effect), "paper verdict": paper.verdict})
+    return pd.DataFrame(rows)
 
 
 def findings_markdown(findings: dict[str, dict[str, Any]]) -> str:
-    """A Markdown section per finding: statement, verdict, why, and measured vs paper."""
+    """A Markdown section per finding: statement, verdict, and each clause with effect and CI."""
     lines = []
     for name, f in findings.items():
-        lines += [f"### {name}: {_verdict_word(f['holds'])}", "", f["finding"], "", f"*Why:* {f['why']}", ""]
-        ours, paper = _flat(f["measured"]), _flat(f["paper"])
-        keys = [k for k in dict.fromkeys([*ours, *paper]) if not isinstance(ours.get(k, paper.get(k)), (list, str))]
-        if keys:
-            lines += ["| quantity | this run | paper |", "|---|---|---|"]
-            fmt = lambda v: "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
-            lines += [f"| {k} | {fmt(ours.get(k))} | {fmt(paper.get(k))} |" for k in keys]
-            lines.append("")
+        lines += [f"### {name}: {f['verdict']} (the paper's own numbers: {f['paper_verdict']})", "", f["finding"], "",
+                  "| clause | the paper's words | effect | 95% CI | claim | verdict | paper | why this threshold |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for ours, paper in zip(f["clauses"], f["paper"]):
+            c = ours.clause
+            ci = "–" if ours.low is None else f"[{ours.low:+.3f}, {ours.high:+.3f}]"
+            note = ""
+            if ours.missing:
+                shown = ", ".join(ours.missing[:3]) + (" …" if len(ours.missing) > 3 else "")
+                note = f" (measured on {ours.groups_measured} of {len(c.groups)}; not run: {shown})"
+            lines.append(f"| {c.key} | {c.words} | {c.effect}: {_fmt(ours.effect)} | {ci} | {c.side} {c.threshold:g} | "
+                         f"{ours.verdict}{note} | {_fmt(paper.effect)} | {c.why} |".replace("\n", " "))
+        lines.append("")
     return "\n".join(lines)
 
 
-__all__ = ["CRITERIA", "FINDINGS", "evaluate_findings", "paper_findings", "write_findings",
-           "findings_markdown"]
+def clauses_markdown() -> str:
+    """The table of clauses itself: finding, the paper's words, the effect, threshold and why."""
+    lines = ["| finding | clause | the paper's words | effect | claim | why this threshold |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c.finding} | {c.key} | {c.words} | {c.effect} | {c.side} {c.threshold:g} | {c.why} |" for c in CLAUSES]
+    return "\n".join(lines)
+
+
+__all__ = ["FINDINGS", "CLAUSES", "Clause", "Judgement", "N_BOOTSTRAP", "verdict", "judge", "judge_paper",
+           "finding_verdict", "evaluate_findings", "findings_json", "write_findings", "clauses_frame",
+           "findings_markdown", "clauses_markdown"]
