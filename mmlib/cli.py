@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mmlib.errors import MMLibError
+from mmlib.experiments.protocol import ARCHITECTURES
 
 
 def _cmd_synth(args) -> int:
@@ -56,8 +57,12 @@ def _cmd_study(args) -> int:
     findings = Path(args.out) / "findings.json"
     if findings.is_file():
         for key, f in json.loads(findings.read_text()).get("findings", {}).items():
-            if isinstance(f, dict) and "holds" in f:
-                print(f"  {key}: {'holds' if f['holds'] else 'not tested' if f['holds'] is None else 'does not hold'}")
+            if isinstance(f, dict) and "verdict" in f:
+                counts = {}
+                for c in f.get("clauses", []):
+                    counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+                detail = ", ".join(f"{n} {v}" for v, n in counts.items())
+                print(f"  {key}: {f['verdict']} ({detail})")
     return 0
 
 
@@ -79,12 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object: cases, problems")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("joint", help="train one Multi-Unet on the five training databases and evaluate it")
+    p = sub.add_parser("joint", help="the study's joint model alone: train it on the five training databases "
+                                     "(or find it in OUT) and evaluate it")
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", default="runs/joint")
     p.add_argument("--data-root", help="folder of the databases (default: synthetic twins made in OUT/data)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arch", default="multiunet", choices=["multiunet", "lfunet", "mafunet"])
+    p.add_argument("--arch", default="multiunet", choices=list(ARCHITECTURES))
     p.add_argument("--no-drop", action="store_true", help="train without random modality drop")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")

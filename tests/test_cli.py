@@ -57,7 +57,9 @@ def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
 def test_joint_main_job_writes_tables_and_figure_on_smoke(tmp_path):
     out = tmp_path / "run"
     assert main(["joint", "--preset", "smoke", "--out", str(out), "--steps", "2"]) == 0
-    for name in ("results.csv", "baseline.csv", "summary.csv", "summary.json", "dice_by_modality_subset.png"):
-        assert (out / name).is_file(), name
-    summary = json.loads((out / "summary.json").read_text())
+    [folder] = list((out / "joint").iterdir())
+    assert folder.name.startswith("MD-multiunet-drop-s0-") and (out / "models" / folder.name / "final.pt").is_file()
+    for name in ("summary.csv", "summary.json", "dice_by_modality_subset.png"):
+        assert (folder / name).is_file(), name
+    summary = json.loads((folder / "summary.json").read_text())
     assert {r["database"] for r in summary["summary"]} == {"BRATS", "ATLAS", "MSSEG", "TBI", "WMH", "mean"}

@@ -1,128 +1,275 @@
-"""The study's bookkeeping: model configs, Appendix B channel assignment, limited-label counts."""
+"""The study's protocol and bookkeeping: model specs and identities, seeds owning the weights, one
+joint model for `mmlib joint` and notebook 02, results that never mix, deviations stated."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
 from mmlib.data.loaders import ChannelMap
-from mmlib.data.manifest import load_manifest
-from mmlib.experiments.common import Database, config_key
-from mmlib.experiments.study import (_held_out_map, describe_cuts, limited_label_count, md_config,
-                                     parse_variant, sd_config)
-from mmlib.presets import load_preset
+from mmlib.data.manifest import TRAINING_DATABASES
+from mmlib.errors import MMLibError
+from mmlib.experiments.protocol import (ModelSpec, batch_per_database, deviation_line, deviations, finetune_spec,
+                                        joint_spec, limited_label_count, loo_spec, schedule, sd_spec)
+from mmlib.experiments.study import Evaluation, Job, Study, eval_channel_map
+from mmlib.presets import JointVariant, StudyPlan, load_preset
+
+QUICK = load_preset("quick")
+DATA = {d: "data" for d in (*TRAINING_DATABASES, "ISLES", "TUMOR2")}
 
 
-def test_variants_parse_architecture_and_drop():
-    assert parse_variant("multiunet+drop") == ("multiunet", True)
-    assert parse_variant("mafunet") == ("mafunet", False)
+def test_joint_variants_parse_architecture_and_drop():
+    assert JointVariant.parse("multiunet+drop") == JointVariant("multiunet", True)
+    assert JointVariant.parse("mafunet") == JointVariant("mafunet", False)
+    with pytest.raises(MMLibError):
+        JointVariant.parse("mafunet+dropout")
+
+
+def test_the_study_plan_has_one_set_of_defaults_the_papers():
+    plan = StudyPlan()
+    assert plan.loo_targets == TRAINING_DATABASES and plan.fusion_databases == TRAINING_DATABASES
+    assert set(map(str, plan.joint_variants)) == {"multiunet+drop", "multiunet", "mafunet+drop"}
+    assert load_preset("full").study == plan  # the full preset cuts nothing
+    with pytest.raises(MMLibError, match="unknown study setting"):
+        StudyPlan.from_dict({"loo_target": ["WMH"]}, "x")
 
 
 def test_a_one_modality_database_trains_one_model_for_drop_and_no_drop():
-    with_drop = sd_config("ATLAS", "multiunet", True, 0, ("T1",))
-    without = sd_config("ATLAS", "multiunet", False, 0, ("T1",))
-    assert config_key(with_drop) == config_key(without)
-    assert config_key(sd_config("WMH", "multiunet", True, 0, ("FLAIR", "T1"))) != \
-        config_key(sd_config("WMH", "multiunet", False, 0, ("FLAIR", "T1")))
+    with_drop = sd_spec("ATLAS", "multiunet", True, 0, 1, 1.0)
+    without = sd_spec("ATLAS", "multiunet", False, 0, 1, 1.0)
+    assert with_drop.identity(QUICK, DATA) == without.identity(QUICK, DATA)
+    wmh = [sd_spec("WMH", "multiunet", d, 0, 2, 1.0).identity(QUICK, DATA) for d in (True, False)]
+    assert wmh[0] != wmh[1]
 
 
-def test_joint_and_leave_one_out_models_are_named_apart():
-    assert md_config("multiunet", True, 0)["name"] == "MD-multiunet-drop"
-    loo = md_config("multiunet", True, 0, ["ATLAS", "MSSEG", "TBI", "WMH"])
-    assert loo["name"].startswith("LOO-") and "BR" in loo["name"]
+def test_specs_know_their_role_name_and_row_columns():
+    assert joint_spec("multiunet", True, 0).training == "MD"
+    loo = loo_spec("WMH", 0)
+    assert (loo.training, loo.held_out, loo.name) == ("LOO", "WMH", "LOO-WMH-multiunet-drop")
+    ft = finetune_spec(loo, "WMH", "progressive", 4, 0.5)
+    assert (ft.training, ft.net, ft.row_columns()["method"], ft.labels) == ("finetune", "progressive", "progressive", "limited")
+    limited = sd_spec("WMH", "multiunet", False, 0, 2, 1.0, n_cases=4)
+    assert limited.name == "SD-WMH-multiunet-nodrop-4cases" and limited.row_columns()["labels"] == "limited"
+
+
+def test_identity_holds_what_changes_the_weights_and_nothing_else():
+    spec = joint_spec("multiunet", True, 0)
+    same = [QUICK.with_(sw_overlap=0.5), QUICK.with_(train_processes=7), QUICK.with_(seeds=(0, 1, 2)),
+            QUICK.with_(study=StudyPlan(loo_targets=("BRATS",)))]
+    assert {spec.identity(p, DATA) for p in same} == {spec.identity(QUICK, DATA)}
+    other = [QUICK.with_(width=1.0), QUICK.with_(steps=900), QUICK.with_(lesion_crop_p=0.0), QUICK.with_(amp=False)]
+    assert len({spec.identity(p, DATA) for p in other} | {spec.identity(QUICK, DATA)}) == 5
+    assert spec.identity(QUICK, {**DATA, "WMH": "changed"}) != spec.identity(QUICK, DATA)
+    assert joint_spec("multiunet", True, 1).identity(QUICK, DATA) != spec.identity(QUICK, DATA)
+
+
+def test_a_fine_tuned_model_is_keyed_by_its_parent():
+    a, b = loo_spec("WMH", 0), loo_spec("WMH", 1)
+    ft = [finetune_spec(p, "WMH", "finetune", None, 1.0) for p in (a, b)]
+    assert ft[0].identity(QUICK, DATA) != ft[1].identity(QUICK, DATA)
 
 
 def test_held_out_tbi_maps_swi_to_the_pd_channel():
-    cmap = ChannelMap.from_databases([("FLAIR", "T1", "T1c", "T2"), ("T1",), ("FLAIR", "T1", "T1c", "T2", "PD"),
-                                      ("FLAIR", "T1")])
-    tbi = Database(load_manifest("TBI"), [], [])
-    mapped = _held_out_map(cmap, tbi)
-    assert mapped.index("SWI") == cmap.index("PD")
-    assert mapped.index("FLAIR") == cmap.index("FLAIR")
+    cmap = ChannelMap(("FLAIR", "T1", "T1c", "T2", "PD"))
+    mapped = eval_channel_map(cmap, ("FLAIR", "T1", "T2", "SWI"))
+    assert mapped.index("SWI") == cmap.index("PD") and mapped.index("FLAIR") == cmap.index("FLAIR")
+    assert eval_channel_map(ChannelMap(("T1",)), ("FLAIR", "T1")) == ChannelMap(("T1",))  # no free channel
 
 
 def test_limited_labels_scale_with_the_twin_and_stay_the_papers_on_real_sizes():
-    brats = load_manifest("BRATS")
-    assert limited_label_count(Database(brats, list(range(444)), [])) == 20
-    small = limited_label_count(Database(brats, list(range(44)), []))
-    assert small == 2
-    tbi = load_manifest("TBI")
-    assert limited_label_count(Database(tbi, list(range(16)), [])) == max(2, round(50 * 16 / 156))
+    assert limited_label_count("BRATS", 444, 444) == 20
+    assert limited_label_count("BRATS", 44, 444) == 2
+    assert limited_label_count("TBI", 16, 156) == max(2, round(50 * 16 / 156))
 
 
-def test_the_cuts_line_names_what_the_preset_changes():
-    line = describe_cuts(load_preset("quick"))
-    assert "3 mm" in line and "width x0.5" in line and "leave-one-out on WMH" in line
-    assert "1 crop(s) per database per step (single-database: 2)" in line
-    assert "joint: multiunet+drop, multiunet" in line and "single-database MAFUnet on WMH" in line
+def test_a_batch_holds_at_least_min_batch_crops_and_the_lr_drops_at_its_fraction():
+    assert (QUICK.batch_per_database, QUICK.min_batch) == (1, 2)
+    assert batch_per_database(QUICK, 1) == 2 and batch_per_database(QUICK, 5) == 1
+    plan = schedule(sd_spec("WMH", "multiunet", True, 0, 2, 0.5), QUICK)
+    assert plan.steps == round(QUICK.steps * 0.5) and plan.lr_drop_step == round(plan.steps * QUICK.lr_drop_fraction)
+    full = load_preset("full")
+    assert schedule(joint_spec("multiunet", True, 0), full, epoch_length=229).steps == 600 * 229
 
 
-def test_a_batch_holds_at_least_min_batch_crops():
-    from mmlib.experiments.common import batch_per_database
+def test_every_deviation_of_a_preset_is_stated_and_the_full_preset_has_few():
+    quick = {d.aspect: d for d in deviations(QUICK)}
+    for aspect in ("voxel spacing", "training crop and sliding window", "crop sampling", "network width", "schedule",
+                   "crops seen per database by one model", "precision", "rotation", "seeds per model",
+                   "train/test split", "background outside the brain", "models trained"):
+        assert aspect in quick
+    assert quick["crop sampling"].differs and "0.67 of crops centred on a lesion" in quick["crop sampling"].ours
+    assert "lr x0.1 after 0.75" in quick["schedule"].ours and "0.25" in quick["schedule"].paper
+    assert "leave-one-out on WMH only" in quick["models trained"].ours
+    line = deviation_line(QUICK)
+    assert "3 mm (paper: 1 mm)" in line and "x0.5" in line
+    full = {d.aspect: d for d in deviations(load_preset("full"))}
+    assert not full["voxel spacing"].differs and not full["models trained"].differs
 
-    quick = load_preset("quick")
-    assert (quick.batch_per_database, quick.min_batch) == (1, 2)
-    assert batch_per_database(quick, 1) == 2   # a single-database model: 2 crops, not 1
-    assert batch_per_database(quick, 5) == 1   # joint: one from each of five
-    assert batch_per_database(load_preset("standard"), 1) == 2
+
+def test_the_readme_states_every_presets_deviations_from_the_code():
+    from pathlib import Path
+
+    from mmlib.experiments.protocol import deviations_markdown
+    from mmlib.presets import preset_names
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert deviations_markdown([load_preset(p) for p in preset_names()]) in readme
+
+
+# -- a study folder ---------------------------------------------------------------------------------
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.glob("models/*/final.pt"))}
+
+
+def test_settings_that_do_not_change_the_weights_retrain_nothing(tmp_path):
+    from mmlib.experiments.grid import joint_training
+
+    smoke = load_preset("smoke")
+    study = Study(tmp_path, smoke, progress=False, processes=1, device="cpu")
+    rows = joint_training(study, [JointVariant("multiunet", True)])
+    before = _mtimes(tmp_path)
+    assert len(before) == 1
+    again = Study(tmp_path, smoke.with_(sw_overlap=0.5, train_processes=2), progress=True, processes=2, device="cpu")
+    rows2 = joint_training(again, [JointVariant("multiunet", True)])
+    assert _mtimes(tmp_path) == before  # the model was found, not trained again
+    assert len(rows2) == len(rows)  # re-evaluated at the new overlap
+    # A setting that does change the weights trains a new model beside the old one.
+    Study(tmp_path, smoke.with_(width=0.125), progress=False, device="cpu").train(joint_spec("multiunet", True, 0))
+    assert len(_mtimes(tmp_path)) == 2
+
+
+def test_results_read_back_only_rows_of_the_current_protocol(tmp_path):
+    from mmlib.experiments.grid import joint_training
+
+    smoke = load_preset("smoke")
+    joint_training(Study(tmp_path, smoke, progress=False, device="cpu"), [JointVariant("multiunet", True)])
+    narrower = Study(tmp_path, smoke.with_(width=0.125), progress=False, device="cpu")
+    assert narrower.results().empty  # the old model's rows stay on disk, but are not this protocol's
+    assert len(Study(tmp_path, smoke, progress=False, device="cpu").results()) > 0
+    assert Study(tmp_path, smoke.with_(sw_overlap=0.5), progress=False, device="cpu").results().empty
+
+
+def test_a_folder_of_another_layout_preset_or_data_is_refused_naming_it(tmp_path):
+    old = tmp_path / "old"
+    (old / "results").mkdir(parents=True)
+    (old / "results" / "01_single_database.csv").write_text("database,dice\nWMH,0.5\n")
+    with pytest.raises(MMLibError, match="older mmlib layout") as err:
+        Study(old, "smoke")
+    assert str(old) in str(err.value)
+    Study(tmp_path / "new", "smoke")
+    with pytest.raises(MMLibError, match="preset 'smoke'"):
+        Study(tmp_path / "new", "quick")
+    with pytest.raises(MMLibError, match="data_root"):
+        Study(tmp_path / "new", "smoke", data_root=tmp_path / "elsewhere")
+
+
+def test_a_per_database_root_without_a_data_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMLIB_DATA_ROOT", raising=False)
+    monkeypatch.setenv("MMLIB_WMH_ROOT", str(tmp_path))
+    with pytest.raises(MMLibError, match="MMLIB_WMH_ROOT"):
+        Study(tmp_path / "s", "smoke")
+
+
+def test_mmlib_joint_and_the_studys_joint_model_are_one_model(tmp_path):
+    from mmlib.experiments.grid import joint_training
+    from mmlib.experiments.joint import run_joint
+
+    summary = run_joint(tmp_path, preset="smoke", device="cpu", progress=False)
+    assert list(summary["database"]) == [*TRAINING_DATABASES, "mean"]
+    models = _mtimes(tmp_path)
+    assert len(models) == 1
+    study = Study(tmp_path, "smoke", progress=False, device="cpu")
+    rows = joint_training(study, [JointVariant("multiunet", True)])
+    assert _mtimes(tmp_path) == models  # notebook 02 found the model mmlib joint trained
+    assert set(rows["model"]) == {"MD-multiunet-drop"}
+    folder = next(iter(models)).parent.name
+    assert (tmp_path / "joint" / folder / "summary.json").is_file()
+    # Without drop: another model, written beside the first, nothing overwritten.
+    run_joint(tmp_path, preset="smoke", device="cpu", drop=False, progress=False)
+    assert len(list((tmp_path / "joint").iterdir())) == 2 and set(models) <= set(_mtimes(tmp_path))
 
 
 def test_models_trained_side_by_side_are_the_grid_and_are_reused(tmp_path):
-    import pytest
-
-    from mmlib.errors import MMLibError
-    from mmlib.experiments.study import Study, TrainJob, single_database
+    from mmlib.experiments.grid import single_database
 
     study = Study(tmp_path, "smoke", progress=False, processes=2)
-    rows = single_database(study, ["WMH", "ATLAS"], drops=(False, True))
-    finals = sorted((tmp_path / "models").glob("*/final.pt"))
+    rows = single_database(study, ["WMH", "ATLAS"], fusion=False)
+    finals = _mtimes(tmp_path)
     # ATLAS has one modality, so its drop model is its no-drop model: 3 models, not 4.
-    assert sorted(p.parent.name.rsplit("-", 1)[0] for p in finals) == [
+    assert sorted(p.parent.name.rsplit("-", 2)[0] for p in finals) == [
         "SD-ATLAS-multiunet-nodrop", "SD-WMH-multiunet-drop", "SD-WMH-multiunet-nodrop"]
     assert rows.model.nunique() == 3 and set(rows.database) == {"WMH", "ATLAS"}
-    stamps = {p: p.stat().st_mtime_ns for p in finals}
-    again = single_database(Study(tmp_path, "smoke", progress=False, processes=2), ["WMH", "ATLAS"])
-    assert {p: p.stat().st_mtime_ns for p in finals} == stamps  # found, not retrained
+    again = single_database(Study(tmp_path, "smoke", progress=False, processes=2), ["WMH", "ATLAS"], fusion=False)
+    assert _mtimes(tmp_path) == finals
     assert again.dice.tolist() == rows.dice.tolist()
 
-    # Notebook 02 takes 01's saved rows instead of evaluating the same models again...
-    from mmlib.experiments.study import save_results, saved_single_database
 
-    save_results(rows, tmp_path, "01_single_database")
-    calls = []
-    study.evaluate = lambda *a, **k: calls.append(a) or rows.iloc[:0]
-    reused = saved_single_database(study, ["WMH", "ATLAS"])
-    assert not calls and len(reused) == len(rows) and sorted(reused.model.unique()) == sorted(rows.model.unique())
-    # ...but evaluates when the saved rows lack a model it needs (here: MSSEG's).
-    saved_single_database(study, ["WMH", "MSSEG"])
-    assert calls
-
-    bad = TrainJob(md_config("multiunet", True, 0, ["WMH"]) | {"name": "bad-start"}, steps=2,
-                   init=("bogus", str(finals[0])))
-    good = TrainJob(md_config("multiunet", True, 0, ["ATLAS"]) | {"name": "good"}, steps=2)
-    with pytest.raises(MMLibError, match="bad-start.*unknown way to start"):
-        study.train_all([bad, good])
-    assert not list((tmp_path / "models").glob("bad-start-*/final.pt"))
+def test_a_failing_model_is_named_and_the_others_are_kept(tmp_path):
+    study = Study(tmp_path, "smoke", progress=False, processes=2)
+    good = Job(sd_spec("ATLAS", "multiunet", False, 0, 1, 1.0), (Evaluation("ATLAS"),))
+    # The WMH model trains, then fails in its worker: ATLAS cases have no FLAIR to give it.
+    bad = Job(sd_spec("WMH", "multiunet", False, 0, 2, 1.0), (Evaluation("ATLAS", (("FLAIR",),)),))
+    with pytest.raises(MMLibError, match="SD-WMH-multiunet-nodrop.*has no FLAIR"):
+        study.run([bad, good])
+    assert study.is_trained(bad.spec) and not list((tmp_path / "evaluations").glob("SD-WMH*/*.csv"))
 
 
 def test_a_worker_keeps_its_share_of_the_cores(tmp_path):
     """Training calls pick_device, which hands torch every core unless OMP_NUM_THREADS is set;
-    a worker of Study.train_all must keep the one thread it was given."""
-    import os
-
-    import torch
-
-    from mmlib.experiments.study import Study, TrainJob, _job_dir, _run_job
+    a worker of Study.run must keep the one thread it was given."""
+    from mmlib.experiments.study import _run_job
 
     env = os.environ.pop("OMP_NUM_THREADS", None)
     before = torch.get_num_threads()
     study = Study(tmp_path, "smoke", progress=False)
-    job = TrainJob(md_config("multiunet", False, 0, ["ATLAS"]) | {"name": "one-thread"}, steps=1)
+    job = Job(sd_spec("ATLAS", "multiunet", False, 0, 1, 1.0))
     state = {"out_dir": str(tmp_path), "preset": study.preset, "data_root": None, "device": "cpu",
              "seeds": (0,), "threads": 1}
     try:
         assert _run_job(state, job) is None
-        assert torch.get_num_threads() == 1
-        assert (_job_dir(study, job) / "final.pt").is_file()
+        assert torch.get_num_threads() == 1 and study.is_trained(job.spec)
     finally:
         torch.set_num_threads(before)
         os.environ.pop("OMP_NUM_THREADS", None)
         if env is not None:
             os.environ["OMP_NUM_THREADS"] = env
+
+
+_TRAIN_ONE = textwrap.dedent("""
+    import sys, torch
+    from mmlib.experiments.protocol import joint_spec
+    from mmlib.experiments.study import Study
+    torch.set_num_threads(1)
+    study = Study(sys.argv[1], "smoke", progress=False, device="cpu")
+    model, _ = study.train(joint_spec("multiunet", True, int(sys.argv[2])))
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, sys.argv[3])
+""")
+
+
+def test_one_seed_gives_identical_weights_in_two_fresh_processes(tmp_path):
+    """The seed owns the initial weights, data order, drop and dropout: two processes that share
+    nothing give bit-identical weights (CPU)."""
+    script = tmp_path / "train_one.py"
+    script.write_text(_TRAIN_ONE)
+    weights = []
+    for run, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = tmp_path / f"{run}.pt"
+        subprocess.run([sys.executable, str(script), str(tmp_path / run), str(seed), str(out)], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        weights.append(torch.load(out))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_a_spec_refuses_inconsistent_fields():
+    with pytest.raises(ValueError):
+        ModelSpec("multiunet", ("WMH",), True, start="finetune")  # no parent
+    with pytest.raises(ValueError):
+        ModelSpec("multiunet", ("WMH",), True, labels="limited")  # no budget
+    with pytest.raises(ValueError):
+        ModelSpec("unet3000", ("WMH",), True)

@@ -89,9 +89,15 @@ def test_cells_average_cases_per_seed_then_seeds():
     assert t.loc["MultiUnet-MD (drop)", "seeds"] == 2
 
 
+def both_ways(*row_lists):
+    """The rows as no-drop models, and a copy as drop models (Table 2 compares the two)."""
+    plain = frame(*row_lists)
+    return pd.concat([plain, plain.assign(drop=True, dice=plain["dice"] - 0.1)], ignore_index=True)
+
+
 def test_table2_value_and_change_of_missing_modalities():
-    df = frame(sd("WMH", "FLAIR+T1", 0.8), sd("WMH", "FLAIR", 0.6, full=False), sd("WMH", "T1", 0.2, full=False),
-               sd("MSSEG", "FLAIR+T1+T2", 0.6), sd("MSSEG", "T2", 0.5, full=False))
+    df = both_ways(sd("WMH", "FLAIR+T1", 0.8), sd("WMH", "FLAIR", 0.6, full=False), sd("WMH", "T1", 0.2, full=False),
+                   sd("MSSEG", "FLAIR+T1+T2", 0.6), sd("MSSEG", "T2", 0.5, full=False))
     t = table2(df)
     assert t.loc["all modalities", ("Multi-Unet", "dice")] == pytest.approx(0.7)
     # WMH: mean(0.6, 0.2) - 0.8 = -0.4; MSSEG: 0.5 - 0.6 = -0.1 -> -0.25
@@ -99,17 +105,27 @@ def test_table2_value_and_change_of_missing_modalities():
 
 
 def test_table2_leaves_one_modality_databases_out_of_the_change():
-    df = frame(sd("WMH", "FLAIR+T1", 0.8), sd("WMH", "T1", 0.4, full=False), sd("ATLAS", "T1", 0.5))
+    df = both_ways(sd("WMH", "FLAIR+T1", 0.8), sd("WMH", "T1", 0.4, full=False), sd("ATLAS", "T1", 0.5))
     t = table2(df)
     assert t.loc["all modalities", ("Multi-Unet", "dice")] == pytest.approx(0.65)
     assert t.loc["all modalities", ("Multi-Unet", "dice_change")] == pytest.approx(-0.4)
 
 
 def test_table2_separates_drop_and_architecture():
-    df = frame(sd("WMH", "FLAIR+T1", 0.8, drop=True, arch="lfunet"), sd("WMH", "FLAIR+T1", 0.3))
+    df = frame(sd("WMH", "FLAIR+T1", 0.8, drop=True, arch="lfunet"), sd("WMH", "FLAIR+T1", 0.3, arch="lfunet"),
+               sd("WMH", "FLAIR+T1", 0.5))
     t = table2(df)
     assert t.loc["modality drop", ("LFUnet", "dice")] == pytest.approx(0.8)
-    assert math.isnan(t.loc["all modalities", ("LFUnet", "dice")])
+    assert t.loc["all modalities", ("LFUnet", "dice")] == pytest.approx(0.3)
+    # Multi-Unet ran without drop only: nothing to compare, so Table 2 leaves it out.
+    assert math.isnan(t.loc["all modalities", ("Multi-Unet", "dice")])
+
+
+def test_table2_counts_a_one_modality_database_in_both_rows():
+    atlas = frame(sd("ATLAS", "T1", 0.5, single_modality=True))  # one model: drop changes nothing
+    t = table2(pd.concat([atlas, both_ways(sd("WMH", "FLAIR+T1", 0.8))], ignore_index=True))
+    assert t.loc["modality drop", ("Multi-Unet", "dice")] == pytest.approx((0.5 + 0.7) / 2)
+    assert t.loc["all modalities", ("Multi-Unet", "dice")] == pytest.approx((0.5 + 0.8) / 2)
 
 
 def test_table3_average_needs_all_five_databases():
@@ -165,10 +181,10 @@ def test_table5_flair_or_t1_means_flair_when_the_database_has_it():
 
 def test_table6_cells_by_method_and_labels():
     ft = dict(training="finetune")
-    df = frame(rows("WMH", "FLAIR+T1", 0.6, method="scratch", labels="limited", **ft),
+    df = frame(sd("WMH", "FLAIR+T1", 0.6, labels="limited"),
                rows("WMH", "FLAIR+T1", 0.7, method="finetune", labels="limited", **ft),
                rows("WMH", "FLAIR+T1", 0.76, method="progressive", labels="all", arch="progressive", **ft),
-               rows("WMH", "FLAIR+T1", 0.47, method="0-shot", **ft))
+               rows("WMH", "FLAIR+T1", 0.47, training="LOO", train_databases="BRATS+ATLAS+MSSEG+TBI"))
     t = table6(df)
     assert t.loc["WMH", "limited scratch"] == pytest.approx(0.6)
     assert t.loc["WMH", "limited finetune"] == pytest.approx(0.7)
@@ -177,7 +193,12 @@ def test_table6_cells_by_method_and_labels():
     assert math.isnan(t.loc["WMH", "all scratch"])
 
 
-def test_table6_zero_shot_falls_back_to_the_leave_one_out_model():
+def test_table6_scratch_with_all_labels_is_table3s_single_database_model():
+    t = table6(frame(sd("WMH", "FLAIR+T1", 0.72), sd("WMH", "FLAIR+T1", 0.5, drop=True)))
+    assert t.loc["WMH", "all scratch"] == pytest.approx(0.72)
+
+
+def test_table6_zero_shot_is_the_leave_one_out_model_with_all_modalities():
     df = frame(rows("WMH", "FLAIR+T1", 0.47, training="LOO", train_databases="BRATS+ATLAS+MSSEG+TBI"))
     assert table6(df).loc["WMH", "0-shot"] == pytest.approx(0.47)
 

@@ -1,5 +1,6 @@
-"""One Markdown report of a study run, built from its saved results: what the preset cut, how long
-each notebook took, every table beside the paper's, and the findings F1-F6."""
+"""One Markdown report of a study run, built from its saved results: how it departs from the
+paper's protocol, how long each notebook took, every table beside the paper's (the deviations
+under each), and every clause of F1-F6 with its effect, 95% interval and verdict."""
 
 from __future__ import annotations
 
@@ -9,19 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib.experiments import tables as T
 from mmlib.experiments.findings import evaluate_findings, findings_markdown
-from mmlib.experiments.paper import paper_table
-from mmlib.experiments.study import describe_cuts, load_results
-from mmlib.presets import load_preset
-
-#: Table number -> (title, builder from tidy results).
-TABLES = {2: ("Table 2: single-database models, all modalities and (mean over missing-modality "
-              "combinations)", T.table2),
-          3: ("Table 3: Dice per training database, single-database (SD) vs joint (MD) models", T.table3),
-          4: ("Table 4: new modality sets (ISLES, Tumor 2)", T.table4),
-          5: ("Table 5: leave-one-database-out, 0-shot Dice on the held-out database", T.table5),
-          6: ("Table 6: new pathology: scratch, fine-tuned and progressive models", T.table6)}
+from mmlib.experiments.protocol import deviation_line, deviations
+from mmlib.experiments.tables import TABLES
+from mmlib.presets import Preset
 
 
 def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
@@ -40,21 +32,20 @@ def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
     return "\n".join(lines)
 
 
-def study_report(out_dir: str | Path, preset: str) -> str:
-    """The report's Markdown for the study in `out_dir` (tables the results cannot fill are said so)."""
-    out_dir = Path(out_dir)
-    results = load_results(out_dir)
-    lines = [f"# Study report: preset {preset}", "", describe_cuts(load_preset(preset)), ""]
-    timings = out_dir / "timings.json"
-    if timings.is_file():
-        secs = json.loads(timings.read_text())
-        lines += ["| notebook | minutes |", "|---|---|"]
-        lines += [f"| {name} | {s / 60:.1f} |" for name, s in secs.items()]
-        lines += [f"| total | {sum(secs.values()) / 60:.1f} |", ""]
-    for number, (title, build) in TABLES.items():
-        lines += [f"## {title}", ""]
+def deviations_table(preset: Preset) -> str:
+    """The preset's protocol beside the paper's, one aspect a row."""
+    rows = pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({preset.name})": d.ours,
+                          "differs": "yes" if d.differs else ""} for d in deviations(preset)]).set_index("aspect")
+    return markdown_table(rows)
+
+
+def table_sections(results: pd.DataFrame, preset: Preset) -> list[str]:
+    """Each registered table beside the paper's, with the preset's deviations under it."""
+    lines = []
+    for spec in TABLES.values():
+        lines += [f"## {spec.name}: {spec.caption}", ""]
         try:
-            ours = build(results) if not results.empty else pd.DataFrame()
+            ours = spec.build(results) if not results.empty else pd.DataFrame()
         except (KeyError, ValueError) as exc:
             ours, why = pd.DataFrame(), f"{type(exc).__name__}: {exc}"
         else:
@@ -64,15 +55,36 @@ def study_report(out_dir: str | Path, preset: str) -> str:
             lines += [f"*Not built: {why}.*", ""]
             continue
         lines += ["Our row first, the paper's below it (`paper`).", "",
-                  markdown_table(T.side_by_side(ours, paper_table(number))), ""]
-    lines += ["## Findings F1–F6", "", findings_markdown(evaluate_findings(results))]
+                  markdown_table(spec.side_by_side(results)), "", f"*{deviation_line(preset)}*", ""]
+    return lines
+
+
+def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, title: str | None = None,
+                 provenance: dict | None = None) -> str:
+    """The report's Markdown for the results of a study folder (tables it cannot fill say so)."""
+    out_dir = Path(out_dir)
+    lines = [f"# {title or f'Study report: preset {preset.name}'}", ""]
+    if provenance:
+        lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items()), ""]
+    lines += ["## Protocol: ours beside the paper's", "", deviations_table(preset), ""]
+    timings = out_dir / "timings.json"
+    if timings.is_file():
+        secs = json.loads(timings.read_text())
+        lines += ["| notebook | minutes |", "|---|---|"]
+        lines += [f"| {name} | {s / 60:.1f} |" for name, s in secs.items()]
+        lines += [f"| total | {sum(secs.values()) / 60:.1f} |", ""]
+    lines += table_sections(results, preset)
+    lines += ["## Findings F1–F6, clause by clause", "",
+              "Effects with 95% bootstrap intervals over test cases (and seeds); a clause holds when the whole "
+              "interval lies on its claimed side, a finding when every clause holds.", "",
+              findings_markdown(evaluate_findings(results))]
     return "\n".join(lines)
 
 
-def write_report(out_dir: str | Path, preset: str) -> Path:
-    """Write out_dir/report.md atomically and return its path."""
-    path = Path(out_dir) / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(study_report(out_dir, preset))
+def write_report(study, provenance: dict | None = None) -> Path:
+    """Write <study folder>/report.md atomically from the study's current results."""
+    path = Path(study.out_dir) / "report.md"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(study_report(study.out_dir, study.preset, study.results(), provenance=provenance))
     os.replace(tmp, path)
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from mmlib.errors import MMLibError
@@ -30,11 +31,18 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
     findings.json; at the end report.md gathers the tables beside the paper's and the findings."""
     import papermill as pm
 
+    from mmlib.experiments.protocol import short_hash
+    from mmlib.experiments.study import Study
+    from mmlib.presets import load_preset
+
     out_dir = Path(out_dir).resolve()
+    study = Study(out_dir, preset, data_root=data_root, device=device, progress=progress)  # claims the folder
     done_dir = out_dir / "notebooks"
     done_dir.mkdir(parents=True, exist_ok=True)
     params = {"preset": preset, "out_dir": str(out_dir), "data_root": data_root, "device": device,
               **(extra_parameters or {})}
+    # A notebook runs again when its parameters or the preset's settings changed.
+    settings = short_hash(asdict(load_preset(preset)))
     timings = {}
     for name in notebooks or NOTEBOOKS:
         src = notebooks_dir() / f"{name}.ipynb"
@@ -43,7 +51,7 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
         dst = done_dir / f"{name}.ipynb"
         stamp = done_dir / f"{name}.done.json"
         done = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        if done.get("parameters") == params and dst.is_file():
+        if done.get("parameters") == params and done.get("preset_settings") == settings and dst.is_file():
             timings[name] = done["seconds"]
             print(f"[study] {name}: done earlier with the same parameters, kept")
             continue
@@ -58,9 +66,15 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
                              f"(executed copy kept; finished results are kept and a re-run resumes)",
                              dst) from None
         timings[name] = time.perf_counter() - t0
-        stamp.write_text(json.dumps({"parameters": params, "seconds": timings[name]}))
-    (out_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+        _write(stamp, json.dumps({"parameters": params, "preset_settings": settings, "seconds": timings[name]}))
+    _write(out_dir / "timings.json", json.dumps(timings, indent=2))
     from mmlib.experiments.report import write_report
 
-    write_report(out_dir, preset)
+    write_report(study)
     return timings
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""What a study notebook calls: one setup call, tables shown by name, findings shown clause by clause."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mmlib.experiments.protocol import deviation_line, deviations
+from mmlib.experiments.study import Study
+
+
+def _display(*objs) -> None:
+    try:
+        from IPython.display import display
+    except ImportError:  # outside IPython: plain text
+        for obj in objs:
+            print(obj)
+        return
+    display(*objs)
+
+
+def _markdown(text: str):
+    try:
+        from IPython.display import Markdown
+    except ImportError:
+        return text
+    return Markdown(text)
+
+
+def open_study(preset: str, out_dir: str | Path, data_root: str | Path | None = None, device: str = "auto",
+               seeds=None, show: bool = True) -> Study:
+    """The study of a notebook's parameters (made or reopened in out_dir, figures/ beside it),
+    and the table of how this preset's protocol departs from the paper's."""
+    study = Study(Path(out_dir), preset, data_root=data_root, device=device,
+                  seeds=None if seeds is None else tuple(seeds), progress=False)
+    (study.out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    if show:
+        _display(deviations_frame(study))
+    return study
+
+
+def deviations_frame(study: Study) -> pd.DataFrame:
+    """One row per aspect of the protocol: the paper's value and ours at the study's preset."""
+    return pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({study.preset.name})": d.ours,
+                          "differs": "yes" if d.differs else ""} for d in deviations(study.preset)]
+                        ).set_index("aspect")
+
+
+def database_table(databases: dict) -> pd.DataFrame:
+    """Per prepared database: pathology, modalities, train/test cases here and in the paper."""
+    return pd.DataFrame([{"database": n, "pathology": d.manifest.pathology, "modalities": "+".join(d.manifest.modalities),
+                          "train": len(d.train), "test": len(d.test), "paper cases": d.manifest.split_cases,
+                          "paper train": d.manifest.split_train} for n, d in databases.items()]).set_index("database")
+
+
+def figure_path(study: Study, name: str) -> Path:
+    return study.out_dir / "figures" / f"{name}.png"
+
+
+def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: int = 3) -> pd.DataFrame:
+    """Show Table `name` ('Table 3') built from `results`, each of our rows above the paper's,
+    with this preset's deviations under it; return the side-by-side frame."""
+    from mmlib.experiments.tables import table_by_name
+
+    spec = table_by_name(name)
+    both = spec.side_by_side(results)
+    _display(_markdown(f"**{spec.name}.** {spec.caption}"), both.round(decimals),
+             _markdown(f"*{deviation_line(study.preset)}*"))
+    return both
+
+
+def show_findings(results: pd.DataFrame) -> dict:
+    """Judge F1-F6 on `results` and show one row per clause (effect, 95% CI, verdict); return them."""
+    from mmlib.experiments.findings import clauses_frame, evaluate_findings
+
+    findings = evaluate_findings(results)
+    _display(pd.DataFrame([{"finding": k, "verdict": f["verdict"], "the paper's numbers": f["paper_verdict"],
+                            "statement": f["finding"]} for k, f in findings.items()]).set_index("finding"))
+    _display(clauses_frame(findings).set_index(["finding", "clause"]))
+    return findings
+
+
+__all__ = ["open_study", "deviations_frame", "database_table", "figure_path", "show_table", "show_findings"]
