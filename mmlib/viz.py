@@ -98,8 +98,9 @@ def plot_subset_heatmap(results: pd.DataFrame, metric: str = "dice", by: str = "
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1.5,
                                                       0.25 * results["subset"].nunique() + 1.5),
                              squeeze=False, sharey=True)
-    order = (results[["subset", "n_modalities"]].drop_duplicates()
-             .sort_values(["n_modalities", "subset"])["subset"].tolist())
+    from mmlib.data.modalities import subset_sort_key
+
+    order = sorted(results["subset"].unique(), key=subset_sort_key)
     for ax, g in zip(axes[0], groups):
         table = (results[results[by] == g].groupby(["subset", "database"])[metric].mean()
                  .unstack("database").reindex(order))

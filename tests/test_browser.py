@@ -4,8 +4,9 @@ runs all its cells, and the widgets must render and answer clicks.
 Needs Debian's `chromium` (/usr/bin/chromium, or $MMLIB_CHROMIUM) and the `playwright` Python
 package (its bundled browsers are never downloaded); skips with the reason otherwise.
 Screenshots go to runs/test-artifacts/browser/; MMLIB_UPDATE_SCREENSHOTS=1 also copies the
-widgets' pictures to docs/. MMLIB_BROWSER_RUN_DIR reuses a joint run folder (else a fresh smoke
-run is made in a temporary folder).
+widgets' pictures to docs/. MMLIB_BROWSER_RUN_DIR explores a study folder at the preset
+MMLIB_BROWSER_PRESET (e.g. the README's runs/quick at quick; else a fresh smoke joint model is made
+in a temporary folder).
 """
 
 from __future__ import annotations
@@ -85,14 +86,15 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def _prepare(workdir: Path, run_dir: Path) -> Path:
-    """A copy of the notebook without outputs whose `run_dir` parameter is `run_dir`."""
+def _prepare(workdir: Path, run_dir: Path, preset: str) -> Path:
+    """A copy of the notebook without outputs whose `out_dir` and `preset` parameters are these."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         if "parameters" in cell.metadata.get("tags", []):
-            cell.source = re.sub(r"^run_dir = .*$", f"run_dir = {str(run_dir)!r}", cell.source, flags=re.M)
+            cell.source = re.sub(r"^out_dir = .*$", f"out_dir = {str(run_dir)!r}", cell.source, flags=re.M)
+            cell.source = re.sub(r"^preset = .*$", f"preset = {preset!r}", cell.source, flags=re.M)
     nb.metadata.pop("widgets", None)
     path = workdir / NOTEBOOK.name
     nbformat.write(nb, path)
@@ -121,7 +123,7 @@ def test_explore_notebook_runs_in_jupyterlab_and_widgets_answer_clicks(tmp_path)
     workdir = tmp_path / "lab"
     workdir.mkdir()
     run_dir = Path(os.environ.get("MMLIB_BROWSER_RUN_DIR") or tmp_path / "run").resolve()
-    _prepare(workdir, run_dir)
+    _prepare(workdir, run_dir, os.environ.get("MMLIB_BROWSER_PRESET", "smoke"))
     _lab_settings(tmp_path / "settings")
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),

@@ -7,8 +7,6 @@ alone); part B has FLAIR 1 and T1 1 (found only when both are given).
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,7 +242,7 @@ def test_seed_spread_is_the_deviation_of_per_seed_means():
 
 def test_tables_offered_are_those_the_columns_fill():
     results = load_results(tidy_rows())
-    assert available_tables(results) == [3, 7, 8]
+    assert available_tables(results) == [3, 7]  # Table 3 and its appendix metrics (the paper's 7-8)
     both = table_with_paper(results, 3)
     assert both.loc[("MultiUnet-MD (drop)", "paper"), "BRATS"] == pytest.approx(0.906)
     assert paper_number("BRATS", "FLAIR+T1+T1c+T2", "dice", "multiunet", "MD (drop)", True) == pytest.approx(0.906)
@@ -258,24 +256,20 @@ def test_results_explorer_redraws_for_the_chosen_metric_and_database():
     ex.database.value = "ATLAS"
     assert list(ex.spread["subset"]) == ["T1"]
     assert bytes(ex.heatmap.value).startswith(PNG) and bytes(ex.bars.value).startswith(PNG)
-    ex.table_choice.value = 8
-    assert "Table 8" in ex.table_html.value
+    ex.table_choice.value = 7
+    assert "Table 7" in ex.table_html.value and "ASSD" in ex.table_html.value
 
 
-def test_results_load_from_a_folder_of_tidy_csvs_and_a_joint_run(tmp_path):
+def test_results_load_from_a_csv_of_tidy_rows_or_a_study_folder_only(tmp_path):
+    from mmlib.errors import MMLibError
+
     rows = tidy_rows()
-    (tmp_path / "many").mkdir()
-    rows[rows.database == "BRATS"].to_csv(tmp_path / "many" / "a.csv", index=False)
-    rows[rows.database == "ATLAS"].to_csv(tmp_path / "many" / "b.csv", index=False)
-    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "many" / "not_results.csv", index=False)
-    assert len(load_results(tmp_path / "many")) == len(rows)
-    joint = tmp_path / "joint"
-    joint.mkdir()
-    rows.drop(columns=["arch", "training", "train_databases", "drop"]).to_csv(joint / "results.csv", index=False)
-    (joint / "summary.json").write_text(json.dumps({"arch": "multiunet", "drop": True}))
-    loaded = load_results(joint)
-    assert set(loaded["arch"]) == {"multiunet"} and set(loaded["training"]) == {"MD"}
-    assert 3 in available_tables(loaded)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    assert len(load_results(tmp_path / "rows.csv")) == len(rows)
+    (tmp_path / "loose").mkdir()
+    rows.to_csv(tmp_path / "loose" / "a.csv", index=False)
+    with pytest.raises(MMLibError, match="not a study folder"):
+        load_results(tmp_path / "loose")  # CSVs of unknown provenance are not mixed in
 
 
 def test_explorer_sweep_scores_each_modality_alone_left_out_and_all(explorer):

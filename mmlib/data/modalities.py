@@ -41,3 +41,12 @@ def sort_modalities(names) -> tuple[str, ...]:
     """Canonicalise, de-duplicate and order modality names by mmlib's fixed order."""
     canon = {canonical_modality(n) for n in names}
     return tuple(m for m in MODALITIES if m in canon)
+
+
+def subset_sort_key(subset, most_first: bool = False) -> tuple:
+    """Sort key of a modality subset ('FLAIR+T1' or a tuple): by its number of modalities (fewest
+    first, or most first), then by mmlib's modality order. Unknown names sort last."""
+    names = subset.split("+") if isinstance(subset, str) else list(subset)
+    rank = {m: i for i, m in enumerate(MODALITIES)}
+    n = len(names)
+    return (-n if most_first else n, [rank.get(m, len(MODALITIES)) for m in names])

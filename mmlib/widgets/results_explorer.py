@@ -1,0 +1,277 @@
+"""The results explorer: a study's result rows as a heatmap by modality subset, bars with the spread
+over seeds beside the paper's number, and any of the paper's tables the rows fill, ours beside the
+paper's. Rows come from the study layer (`Study.results()`: the current protocol's rows only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from mmlib.data.modalities import subset_sort_key
+from mmlib.errors import MMLibError
+from mmlib.widgets._render import DPI, METRICS, figure_png
+
+
+def sort_databases(names) -> list[str]:
+    """Databases in the paper's order (training ones first), unknown names last."""
+    from mmlib.data.manifest import ALL_DATABASES
+
+    order = {n: i for i, n in enumerate(ALL_DATABASES)}
+    return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
+
+
+def load_results(source) -> pd.DataFrame:
+    """Tidy result rows: a DataFrame, a CSV of tidy rows, or a study folder (its current rows,
+    read through `Study.results`)."""
+    from mmlib.experiments.study import Study
+    from mmlib.experiments.tables import tidy_results
+
+    if isinstance(source, Study):
+        return tidy_results(source.results())
+    if isinstance(source, pd.DataFrame):
+        return tidy_results(source)
+    path = Path(source)
+    if path.is_file():
+        return tidy_results(pd.read_csv(path))
+    return tidy_results(Study.open(path).results())
+
+
+def setting_label(training: str, drop: bool) -> str:
+    """How the paper names a training setting: 'MD (drop)', 'SD (all mods)'."""
+    return f"{training or '?'} ({'drop' if drop else 'all mods'})"
+
+
+def _filter(results: pd.DataFrame, arch: str | None = None, setting: str | None = None) -> pd.DataFrame:
+    df = results
+    if arch:
+        df = df[df["arch"] == arch]
+    if setting:
+        df = df[[setting_label(t, d) == setting for t, d in zip(df["training"], df["drop"])]]
+    return df
+
+
+def _subset_order(df: pd.DataFrame) -> list[str]:
+    """Subsets with the most modalities first, then mmlib's order (subset_sort_key)."""
+    return sorted(df["subset"].unique(), key=lambda s: subset_sort_key(s, most_first=True))
+
+
+def per_run(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean over cases for each database × subset × model × seed (one value per run)."""
+    df = results[results[metric].notna()]
+    return df.groupby(["database", "subset", "model", "seed"], as_index=False)[metric].mean()
+
+
+def metric_grid(results: pd.DataFrame, metric: str = "dice", arch: str | None = None,
+                setting: str | None = None) -> pd.DataFrame:
+    """The heatmap's data: mean over runs of the mean over cases, index subset (most modalities
+    first), columns database (paper order); NaN where a database lacks the subset."""
+    runs = per_run(_filter(results, arch, setting), metric)
+    if runs.empty:
+        return pd.DataFrame()
+    grid = runs.groupby(["subset", "database"])[metric].mean().unstack("database")
+    return grid.reindex(index=_subset_order(runs), columns=sort_databases(runs["database"]))
+
+
+def seed_spread(results: pd.DataFrame, database: str, metric: str = "dice", arch: str | None = None,
+                setting: str | None = None) -> pd.DataFrame:
+    """The bars' data for one database: per subset, the mean over runs, the standard deviation
+    over seeds (NaN with one seed) and the number of seeds."""
+    runs = per_run(_filter(results, arch, setting), metric)
+    runs = runs[runs["database"] == database]
+    if runs.empty:
+        return pd.DataFrame(columns=["subset", "mean", "std", "seeds"])
+    out = (runs.groupby("subset")[metric].agg(mean="mean", std="std", seeds="count")
+           .reindex(_subset_order(runs)).reset_index())
+    return out
+
+
+def paper_number(database: str, subset: str, metric: str, arch: str | None, setting: str | None,
+                 all_modalities: bool) -> float:
+    """The paper's number for the same model, database and subset (Tables 3/7/8 with all
+    modalities, Tables 4/9/10 for ISLES and Tumor 2), NaN where the paper has none."""
+    from mmlib.experiments.paper import paper_value
+    from mmlib.experiments.tables import TABLE3_ROWS, TABLE4_COLUMNS, TABLE4_ROWS
+
+    def matches(spec: dict) -> bool:
+        return ((arch is None or spec.get("arch") == arch) and setting is not None
+                and setting_label(spec.get("training", ""), spec.get("drop", False)) == setting)
+
+    scale = 100.0 if metric in ("sensitivity", "precision") else 1.0  # the paper's percent
+    try:
+        if all_modalities:
+            for row, spec in TABLE3_ROWS.items():
+                if matches(spec):
+                    return paper_value(3, row, database, metric) / scale
+        for col, where in TABLE4_COLUMNS.items():
+            if where == {"database": database, "subset": subset}:
+                for row, spec in TABLE4_ROWS.items():
+                    if matches(spec) and "train_databases" not in spec:
+                        return paper_value(4, row, col, metric) / scale
+    except KeyError:
+        pass
+    return float("nan")
+
+
+def results_table(results: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Our Table `n` of the registry (mmlib.experiments.tables.TABLES) from tidy rows."""
+    from mmlib.experiments.tables import table_by_name
+
+    return table_by_name(n).build(results)
+
+
+def _has_values(table: pd.DataFrame) -> bool:
+    cols = [c for c in table.columns if (c[0] if isinstance(c, tuple) else c) != "seeds"]
+    return bool(table[cols].notna().to_numpy().any())
+
+
+def available_tables(results: pd.DataFrame) -> list[int]:
+    """The registry's tables that these rows fill at least one cell of."""
+    from mmlib.experiments.tables import TABLES
+
+    return [n for n, spec in TABLES.items() if _has_values(spec.build(results))]
+
+
+def table_with_paper(results: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Our Table `n` with the paper's row under each of ours (index row × source)."""
+    from mmlib.experiments.tables import table_by_name
+
+    return table_by_name(n).side_by_side(results)
+
+
+def _style_table(df: pd.DataFrame) -> str:
+    from mmlib.experiments.tables import format_table
+
+    return f"<pre style='font-size:11px'>{format_table(df)}</pre>"
+
+
+class ResultsExplorer:
+    """Explore tidy results: a heatmap of a metric by modality subset × database, bars with the
+    spread over seeds for one database beside the paper's number, and any of the paper's Tables
+    2-10 that the rows fill, ours beside the paper's."""
+
+    def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI):
+        self.results = load_results(source)
+        if self.results.empty:
+            raise MMLibError("no result rows to explore")
+        self.dpi = dpi
+        self._hold = 0
+        self.tables = available_tables(self.results)
+        self.heatmap_figure: Figure | None = None
+        self.bars_figure: Figure | None = None
+        self.grid = pd.DataFrame()
+        self.spread = pd.DataFrame()
+        self.table = pd.DataFrame()
+        r = self.results
+        archs = sorted(a for a in r["arch"].unique() if a) or [""]
+        settings = sorted({setting_label(t, d) for t, d in zip(r["training"], r["drop"])})
+        metrics = [m for m in METRICS if m in r.columns and r[m].notna().any()]
+        self.table_choice = W.Dropdown(options=[(f"Table {n}", n) for n in self.tables] or [("none", None)],
+                                       description="table")
+        self.database = W.Dropdown(options=sort_databases(r["database"]), description="database")
+        self.arch = W.Dropdown(options=[(a or "(any)", a) for a in archs], description="architecture")
+        self.setting = W.Dropdown(options=settings, description="training")
+        self.metric = W.Dropdown(options=metrics, description="metric")
+        self.heatmap = W.Image(format="png")
+        self.bars = W.Image(format="png")
+        self.table_html = W.HTML()
+        self.widget = W.VBox([
+            W.HBox([self.database, self.arch, self.setting, self.metric]),
+            # flex-start: a stretched row would distort the shorter of the two pictures.
+            W.HBox([self.heatmap, self.bars], layout=W.Layout(align_items="flex-start")),
+            self.table_choice, self.table_html])
+        self.widget.add_class("mmlib-results-explorer")
+        for w in (self.database, self.arch, self.setting, self.metric):
+            w.observe(lambda _: self.render(), "value")
+        self.table_choice.observe(lambda _: self.render_table(), "value")
+        self.render()
+        self.render_table()
+
+    @property
+    def figure(self) -> Figure | None:
+        return self.heatmap_figure
+
+    def _selection(self) -> dict[str, Any]:
+        return dict(arch=self.arch.value or None, setting=self.setting.value)
+
+    def render(self) -> None:
+        """Redraw the heatmap and the bars for the current choices."""
+        if self._hold:
+            return
+        import seaborn as sns
+
+        metric, db, sel = self.metric.value, self.database.value, self._selection()
+        self.grid = metric_grid(self.results, metric, **sel)
+        self.spread = seed_spread(self.results, db, metric, **sel)
+        bounded = metric != "assd"
+        fig = Figure(figsize=(1.2 + 0.75 * max(len(self.grid.columns), 1),
+                              1.0 + 0.2 * max(len(self.grid), 1)))
+        ax = fig.subplots()
+        if not self.grid.empty:
+            sns.heatmap(self.grid, ax=ax, annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+                        cmap="viridis" if bounded else "viridis_r",
+                        vmin=0 if bounded else None, vmax=1 if bounded else None,
+                        cbar_kws={"label": metric})
+        ax.set_title(f"{metric} by modality subset · {sel['arch'] or 'any'} · {sel['setting']}", fontsize=9)
+        ax.set_xlabel(""), ax.set_ylabel("modalities given")
+        ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        self.heatmap_figure = fig
+        self.heatmap.value = figure_png(fig, self.dpi)
+        self.bars_figure = self._draw_bars(db, metric, sel)
+        self.bars.value = figure_png(self.bars_figure, self.dpi)
+
+    def _draw_bars(self, db: str, metric: str, sel: dict) -> Figure:
+        sp = self.spread
+        fig = Figure(figsize=(4.8, 1.2 + 0.2 * max(len(sp), 1)))
+        ax = fig.subplots()
+        if len(sp):
+            full = max(len(s.split("+")) for s in sp["subset"])
+            y = np.arange(len(sp))
+            spread = sp["std"].to_numpy(float)
+            ax.barh(y, sp["mean"], xerr=spread if np.isfinite(spread).any() else None, capsize=2,
+                    color=["#1f77b4" if len(s.split("+")) == full else "#9ecae1" for s in sp["subset"]],
+                    label=f"ours (mean ± sd over {int(sp['seeds'].max())} seed(s))")
+            paper = [paper_number(db, s, metric, sel["arch"], sel["setting"], len(s.split("+")) == full)
+                     for s in sp["subset"]]
+            if np.isfinite(paper).any():
+                ax.plot(paper, y, "kD", ms=5, label="paper")
+            ax.set_yticks(y, sp["subset"])
+            ax.invert_yaxis()
+            ax.legend(fontsize=7, loc="lower right")
+            if metric != "assd":
+                ax.set_xlim(0, 1)
+        ax.set_title(f"{db}: {metric} per modality subset", fontsize=9)
+        ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        return fig
+
+    def render_table(self) -> None:
+        """Our chosen table with the paper's numbers beside it."""
+        n = self.table_choice.value
+        if n is None:
+            self.table = pd.DataFrame()
+            self.table_html.value = ("<i>these results fill none of the paper's tables 2-10 "
+                                     "(they need the columns arch, training, drop ...)</i>")
+            return
+        from mmlib.experiments.tables import table_by_name
+
+        spec = table_by_name(n)
+        self.table = spec.side_by_side(self.results)
+        self.table_html.value = f"<b>{spec.name}</b>: {spec.caption}" + _style_table(self.table)
+
+    def snapshot(self):
+        """Heatmap and bars as IPython Images (static pictures for stored notebook outputs)."""
+        from IPython.display import Image
+
+        return [Image(data=figure_png(f, self.dpi)) for f in (self.heatmap_figure, self.bars_figure)]
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# ----------------------------------------------------------------------------- a run, opened

@@ -1,0 +1,47 @@
+"""A study folder opened for the explorers: its results, its joint model and the test cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mmlib.data.cases import PreparedCase
+from mmlib.data.loaders import ChannelMap
+
+
+@dataclass
+class OpenedRun:
+    """What the explorers need from a study folder."""
+
+    results: pd.DataFrame
+    model: Any
+    channel_map: ChannelMap
+    cases: list[PreparedCase]
+    roi: int
+    overlap: float
+    model_dir: Path
+
+
+def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path | None = None, device: str = "cpu",
+             seed: int | None = None) -> OpenedRun:
+    """The study in `out_dir` (the README's main command writes runs/quick): its current result rows,
+    its joint Multi-Unet with drop and the training databases' test cases. A folder without that
+    model gets it from `mmlib joint`'s pipeline, the model notebook 02 would train."""
+    from mmlib.data.manifest import TRAINING_DATABASES
+    from mmlib.experiments.joint import run_joint
+    from mmlib.experiments.protocol import joint_spec
+    from mmlib.experiments.study import Study
+    from mmlib.widgets.results_explorer import load_results
+
+    study = Study(Path(out_dir), preset, data_root=data_root, device=device, progress=False)
+    spec = joint_spec("multiunet", True, study.seeds[0] if seed is None else seed)
+    if not study.is_trained(spec):
+        run_joint(study.out_dir, preset=study.preset, data_root=data_root, seed=spec.seed, device=device,
+                  progress=False)
+    model, cmap = study.train(spec)
+    cases = [c for db in study.databases(TRAINING_DATABASES).values() for c in db.test]
+    return OpenedRun(load_results(study), model, cmap, cases, study.preset.crop, study.preset.sw_overlap,
+                     study.model_dir(spec))
