@@ -66,6 +66,15 @@ def _cmd_study(args) -> int:
     return 0
 
 
+def _cmd_reference(args) -> int:
+    from mmlib.experiments.reference import save_reference
+    from mmlib.experiments.study import Study
+
+    folder = save_reference(Study.open(Path(args.study)), args.name, args.wall_time)
+    print(f"reference run {args.name} written to {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("reference", help="keep a finished study's results, findings and report as a shipped "
+                                         "reference run (mmlib/reference/NAME), with its provenance")
+    p.add_argument("study", help="the study folder")
+    p.add_argument("--name", required=True, help="e.g. long-cpu, gpu-h200")
+    p.add_argument("--wall-time", required=True, help="how long the run took from a fresh clone, e.g. '91 min'")
+    p.set_defaults(func=_cmd_reference)
     return parser
 
 

@@ -58,26 +58,43 @@ def figure_path(study: Study, name: str) -> Path:
     return study.out_dir / "figures" / f"{name}.png"
 
 
-def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: int = 3) -> pd.DataFrame:
-    """Show Table `name` ('Table 3') built from `results`, each of our rows above the paper's,
-    with this preset's deviations under it; return the side-by-side frame."""
+def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: int = 3,
+               references: bool = True) -> pd.DataFrame:
+    """Show Table `name` ('Table 3') built from `results`, each of our rows above the same row of
+    the shipped reference runs (labelled) and the paper's, with this preset's deviations under it;
+    return the side-by-side frame."""
+    from mmlib.experiments.reference import reference_results
     from mmlib.experiments.tables import table_by_name
 
     spec = table_by_name(name)
-    both = spec.side_by_side(results)
+    both = spec.side_by_side(results, reference_results() if references else None)
     _display(_markdown(f"**{spec.name}.** {spec.caption}"), both.round(decimals),
              _markdown(f"*{deviation_line(study.preset)}*"))
     return both
 
 
-def show_findings(results: pd.DataFrame) -> dict:
-    """Judge F1-F6 on `results` and show one row per clause (effect, 95% CI, verdict); return them."""
+def show_findings(results: pd.DataFrame, references: bool = True) -> dict:
+    """Judge F1-F6 on `results` and show one row per clause (effect, 95% CI, verdict), beside the
+    shipped reference runs' verdicts (labelled); return the findings."""
+    import json
+
     from mmlib.experiments.findings import clauses_frame, evaluate_findings
+    from mmlib.experiments.reference import reference_runs
 
     findings = evaluate_findings(results)
-    _display(pd.DataFrame([{"finding": k, "verdict": f["verdict"], "the paper's numbers": f["paper_verdict"],
-                            "statement": f["finding"]} for k, f in findings.items()]).set_index("finding"))
-    _display(clauses_frame(findings).set_index(["finding", "clause"]))
+    refs = {n: json.loads((r.folder / "findings.json").read_text())["findings"]
+            for n, r in (reference_runs() if references else {}).items()}
+    summary = pd.DataFrame([{"finding": k, "this run": f["verdict"],
+                             **{f"reference {n}": v.get(k, {}).get("verdict", "–") for n, v in refs.items()},
+                             "the paper's numbers": f["paper_verdict"], "statement": f["finding"]}
+                            for k, f in findings.items()]).set_index("finding")
+    clauses = clauses_frame(findings)
+    for n, v in refs.items():
+        by_key = {c["clause"]: c for f in v.values() for c in f["clauses"]}
+        clauses[f"reference {n}"] = [f"{by_key[k]['value']:+.3f} {by_key[k]['verdict']}"
+                                     if k in by_key and by_key[k]["value"] is not None
+                                     else by_key.get(k, {}).get("verdict", "–") for k in clauses["clause"]]
+    _display(summary, clauses.set_index(["finding", "clause"]))
     return findings
 
 

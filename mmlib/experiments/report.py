@@ -39,8 +39,10 @@ def deviations_table(preset: Preset) -> str:
     return markdown_table(rows)
 
 
-def table_sections(results: pd.DataFrame, preset: Preset) -> list[str]:
-    """Each registered table beside the paper's, with the preset's deviations under it."""
+def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, pd.DataFrame] | None = None
+                   ) -> list[str]:
+    """Each registered table beside the reference runs' and the paper's, with the preset's deviations
+    under it."""
     lines = []
     for spec in TABLES.values():
         lines += [f"## {spec.name}: {spec.caption}", ""]
@@ -54,18 +56,37 @@ def table_sections(results: pd.DataFrame, preset: Preset) -> list[str]:
         if ours.empty or not numbers.notna().to_numpy().any():
             lines += [f"*Not built: {why}.*", ""]
             continue
-        lines += ["Our row first, the paper's below it (`paper`).", "",
-                  markdown_table(spec.side_by_side(results)), "", f"*{deviation_line(preset)}*", ""]
+        below = "".join(f", then reference run `{n}`" for n in references or {})
+        lines += [f"Our row first{below}, the paper's last (`paper`).", "",
+                  markdown_table(spec.side_by_side(results, references)), "", f"*{deviation_line(preset)}*", ""]
     return lines
 
 
+def references_section(references) -> list[str]:
+    """Which reference runs the tables show beside ours, and their findings' verdicts."""
+    if not references:
+        return []
+    import json
+
+    lines = ["## Reference runs shown beside this one", "",
+             "Shipped with mmlib (mmlib/reference/), made from a fresh clone; they are not this run.", ""]
+    lines += [f"- `{run.name}`: {run.label()}" for run in references.values()]
+    lines += ["", "| finding | " + " | ".join(f"reference {n}" for n in references) + " |",
+              "|---|" + "---|" * len(references)]
+    verdicts = {n: json.loads((r.folder / "findings.json").read_text())["findings"] for n, r in references.items()}
+    for f in ("F1", "F2", "F3", "F4", "F5", "F6"):
+        lines.append(f"| {f} | " + " | ".join(verdicts[n].get(f, {}).get("verdict", "–") for n in references) + " |")
+    return lines + [""]
+
+
 def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, title: str | None = None,
-                 provenance: dict | None = None) -> str:
-    """The report's Markdown for the results of a study folder (tables it cannot fill say so)."""
+                 provenance: dict | None = None, references: dict | None = None) -> str:
+    """The report's Markdown for the results of a study folder (tables it cannot fill say so), with
+    the reference runs (`ReferenceRun` by name) beside it."""
     out_dir = Path(out_dir)
     lines = [f"# {title or f'Study report: preset {preset.name}'}", ""]
     if provenance:
-        lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items()), ""]
+        lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items() if not isinstance(v, dict)), ""]
     lines += ["## Protocol: ours beside the paper's", "", deviations_table(preset), ""]
     timings = out_dir / "timings.json"
     if timings.is_file():
@@ -73,18 +94,23 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
         lines += ["| notebook | minutes |", "|---|---|"]
         lines += [f"| {name} | {s / 60:.1f} |" for name, s in secs.items()]
         lines += [f"| total | {sum(secs.values()) / 60:.1f} |", ""]
-    lines += table_sections(results, preset)
+    lines += table_sections(results, preset, {n: r.results for n, r in (references or {}).items()})
     lines += ["## Findings F1–F6, clause by clause", "",
               "Effects with 95% bootstrap intervals over test cases (and seeds); a clause holds when the whole "
               "interval lies on its claimed side, a finding when every clause holds.", "",
               findings_markdown(evaluate_findings(results))]
+    lines += references_section(references)
     return "\n".join(lines)
 
 
 def write_report(study, provenance: dict | None = None) -> Path:
-    """Write <study folder>/report.md atomically from the study's current results."""
+    """Write <study folder>/report.md atomically from the study's current results, the shipped
+    reference runs beside them."""
+    from mmlib.experiments.reference import reference_runs
+
     path = Path(study.out_dir) / "report.md"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(study_report(study.out_dir, study.preset, study.results(), provenance=provenance))
+    tmp.write_text(study_report(study.out_dir, study.preset, study.results(), provenance=provenance,
+                                references=reference_runs()))
     os.replace(tmp, path)
     return path

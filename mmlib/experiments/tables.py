@@ -360,17 +360,24 @@ def metric_table(results: pd.DataFrame, table: int = 3,
     return out
 
 
-def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Each of our rows followed by the paper's row of the same label: index (row, source)
-    with source 'ours' or 'paper'; columns as ours (the paper's missing cells are NaN)."""
+def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, references: dict[str, pd.DataFrame] | None = None
+                 ) -> pd.DataFrame:
+    """Each of our rows followed by the same row of each reference run ('reference NAME') and the
+    paper's: index (row, source); columns as ours (missing cells NaN)."""
     aligned = paper.reindex(index=ours.index, columns=ours.columns)
     seeds_col = next((c for c in ours.columns if (c[0] if isinstance(c, tuple) else c) == "seeds"), None)
     if seeds_col is not None:
         aligned[seeds_col] = [paper.attrs.get("seeds", NAN) if r in paper.index else NAN for r in ours.index]
+    refs = {name: t.reindex(index=ours.index, columns=ours.columns) for name, t in (references or {}).items()}
     pieces, keys = [], []
     for label in ours.index:
-        pieces += [ours.loc[[label]], aligned.loc[[label]]]
-        keys += [(label, "ours"), (label, "paper")]
+        pieces.append(ours.loc[[label]])
+        keys.append((label, "ours"))
+        for name, t in refs.items():
+            pieces.append(t.loc[[label]])
+            keys.append((label, f"reference {name}"))
+        pieces.append(aligned.loc[[label]])
+        keys.append((label, "paper"))
     both = pd.concat(pieces)
     both.index = pd.MultiIndex.from_tuples(keys, names=[ours.index.name or "row", "source"])
     both.attrs = {}
@@ -410,9 +417,11 @@ class TableSpec:
     def name(self) -> str:
         return f"Table {self.number}"
 
-    def side_by_side(self, results: pd.DataFrame) -> pd.DataFrame:
-        """Our rows, each above the paper's."""
-        return side_by_side(self.build(results), self.paper())
+    def side_by_side(self, results: pd.DataFrame, references: dict[str, pd.DataFrame] | None = None
+                     ) -> pd.DataFrame:
+        """Our rows, each above the same row of each reference run's results and the paper's."""
+        refs = {name: self.build(rows) for name, rows in (references or {}).items()}
+        return side_by_side(self.build(results), self.paper(), refs)
 
 
 #: Every table of the paper mmlib builds, by number (Tables 7-8 and 9-10 are one table each here).

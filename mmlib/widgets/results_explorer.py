@@ -151,13 +151,23 @@ def _style_table(df: pd.DataFrame) -> str:
 
 class ResultsExplorer:
     """Explore tidy results: a heatmap of a metric by modality subset × database, bars with the
-    spread over seeds for one database beside the paper's number, and any of the paper's Tables
-    2-10 that the rows fill, ours beside the paper's."""
+    spread over seeds for one database beside the paper's number, and any of the paper's tables
+    that the rows fill, ours beside the shipped reference runs' and the paper's. `references`
+    (default: every reference run shipped) can also be explored in place of the run (`source`),
+    always labelled as reference."""
 
-    def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI):
-        self.results = load_results(source)
-        if self.results.empty:
+    def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI,
+                 references: dict[str, pd.DataFrame] | None = None):
+        from mmlib.experiments.reference import reference_results
+        from mmlib.experiments.tables import tidy_results
+
+        own = load_results(source)
+        if own.empty:
             raise MMLibError("no result rows to explore")
+        refs = reference_results() if references is None else references
+        self.references = {n: tidy_results(r) for n, r in refs.items()}
+        self.sources = {"this run": own, **{f"reference {n}": r for n, r in self.references.items()}}
+        self.results = own
         self.dpi = dpi
         self._hold = 0
         self.tables = available_tables(self.results)
@@ -176,17 +186,19 @@ class ResultsExplorer:
         self.arch = W.Dropdown(options=[(a or "(any)", a) for a in archs], description="architecture")
         self.setting = W.Dropdown(options=settings, description="training")
         self.metric = W.Dropdown(options=metrics, description="metric")
-        self.heatmap = W.Image(format="png")
+        self.source = W.Dropdown(options=list(self.sources), description="results")
         self.bars = W.Image(format="png")
         self.table_html = W.HTML()
+        self.heatmap = W.Image(format="png")
         self.widget = W.VBox([
-            W.HBox([self.database, self.arch, self.setting, self.metric]),
+            W.HBox([self.source, self.database, self.arch, self.setting, self.metric]),
             # flex-start: a stretched row would distort the shorter of the two pictures.
             W.HBox([self.heatmap, self.bars], layout=W.Layout(align_items="flex-start")),
             self.table_choice, self.table_html])
         self.widget.add_class("mmlib-results-explorer")
         for w in (self.database, self.arch, self.setting, self.metric):
             w.observe(lambda _: self.render(), "value")
+        self.source.observe(lambda _: self._switch_source(), "value")
         self.table_choice.observe(lambda _: self.render_table(), "value")
         self.render()
         self.render_table()
@@ -194,6 +206,21 @@ class ResultsExplorer:
     @property
     def figure(self) -> Figure | None:
         return self.heatmap_figure
+
+    def _switch_source(self) -> None:
+        """Show another set of rows (this run or a reference run) in the heatmap and the bars."""
+        from mmlib.widgets._render import held
+
+        self.results = r = self.sources[self.source.value]
+        with held(self):
+            for widget, options in ((self.database, sort_databases(r["database"])),
+                                    (self.arch, [(a or "(any)", a) for a in sorted(a for a in r["arch"].unique() if a)]),
+                                    (self.setting, sorted({setting_label(t, d) for t, d in zip(r["training"], r["drop"])}))):
+                keep = widget.value
+                widget.options = options
+                values = [o[1] if isinstance(o, tuple) else o for o in options]
+                widget.value = keep if keep in values else (values[0] if values else None)
+        self.render()
 
     def _selection(self) -> dict[str, Any]:
         return dict(arch=self.arch.value or None, setting=self.setting.value)
@@ -235,7 +262,7 @@ class ResultsExplorer:
             spread = sp["std"].to_numpy(float)
             ax.barh(y, sp["mean"], xerr=spread if np.isfinite(spread).any() else None, capsize=2,
                     color=["#1f77b4" if len(s.split("+")) == full else "#9ecae1" for s in sp["subset"]],
-                    label=f"ours (mean ± sd over {int(sp['seeds'].max())} seed(s))")
+                    label=f"{self.source.value} (mean ± sd over {int(sp['seeds'].max())} seed(s))")
             paper = [paper_number(db, s, metric, sel["arch"], sel["setting"], len(s.split("+")) == full)
                      for s in sp["subset"]]
             if np.isfinite(paper).any():
@@ -261,7 +288,7 @@ class ResultsExplorer:
         from mmlib.experiments.tables import table_by_name
 
         spec = table_by_name(n)
-        self.table = spec.side_by_side(self.results)
+        self.table = spec.side_by_side(self.sources["this run"], self.references)
         self.table_html.value = f"<b>{spec.name}</b>: {spec.caption}" + _style_table(self.table)
 
     def snapshot(self):

@@ -1,0 +1,130 @@
+"""Reference runs shipped with mmlib: a whole study's result rows, findings and report at one preset,
+with their provenance (commit, device, preset, wall time), shown beside a user's own run and always
+labelled as reference: in report.md, notebook 99 and the results explorer.
+
+Each lives in mmlib/reference/<name>/: provenance.json, results.csv.gz (the study's current rows),
+findings.json and report.md. `save_reference` writes one from a finished study folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from mmlib.errors import MMLibError
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
+_PROVENANCE_KEYS = ("preset", "commit", "device", "wall_time", "date")
+
+
+@dataclass
+class ReferenceRun:
+    """One shipped reference run: its folder and provenance; results are read on first use."""
+
+    name: str
+    folder: Path
+    provenance: dict
+
+    @cached_property
+    def results(self) -> pd.DataFrame:
+        from mmlib.experiments.study import _read_rows
+
+        return _read_rows(self.folder / "results.csv.gz")
+
+    def label(self) -> str:
+        p = self.provenance
+        return f"reference {self.name}: preset {p['preset']}, {p['device']}, {p['wall_time']}, commit {p['commit'][:10]}"
+
+
+def reference_runs(folder: Path = REFERENCE_DIR) -> dict[str, ReferenceRun]:
+    """Every reference run shipped, by name (none when the folder is empty)."""
+    runs = {}
+    for stamp in sorted(Path(folder).glob("*/provenance.json")):
+        try:
+            provenance = json.loads(stamp.read_text())
+        except (OSError, ValueError) as exc:
+            raise MMLibError(f"unreadable reference provenance ({exc})", stamp) from None
+        missing = [k for k in _PROVENANCE_KEYS if k not in provenance]
+        if missing or not (stamp.parent / "results.csv.gz").is_file():
+            raise MMLibError(f"incomplete reference run (missing {', '.join(missing) or 'results.csv.gz'})", stamp.parent)
+        runs[stamp.parent.name] = ReferenceRun(stamp.parent.name, stamp.parent, provenance)
+    return runs
+
+
+def reference_results(preset_name: str | None = None, folder: Path = REFERENCE_DIR) -> dict[str, pd.DataFrame]:
+    """{name: result rows} of the reference runs (of one preset when given)."""
+    return {name: run.results for name, run in reference_runs(folder).items()
+            if preset_name is None or run.provenance["preset"] == preset_name}
+
+
+def describe_device() -> str:
+    """The machine a run trained on: the GPU's name, else the CPU's model and cores."""
+    import torch
+
+    from mmlib.engine.device import cpu_count
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU)"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {cpu_count()} CPU cores"
+
+
+def current_commit(repo: Path | None = None) -> str:
+    """The git commit of the mmlib checkout (with '+changes' when its tree differs), or 'unknown'."""
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DIR, **provenance) -> Path:
+    """Write a finished study's rows, findings and report as reference run `name` (replacing one of
+    that name); returns its folder."""
+    from mmlib.experiments.findings import evaluate_findings, findings_json
+    from mmlib.experiments.report import study_report
+
+    results = study.results()
+    if results.empty:
+        raise MMLibError("the study has no results to keep as a reference", study.out_dir)
+    info = {"preset": study.preset.name, "commit": current_commit(), "device": describe_device(),
+            "wall_time": wall_time, "date": pd.Timestamp.now().strftime("%Y-%m-%d"), **provenance}
+    timings = Path(study.out_dir) / "timings.json"
+    if timings.is_file():
+        info["notebook_seconds"] = json.loads(timings.read_text())
+    tmp = Path(folder) / f".{name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    results.to_csv(tmp / "results.csv.gz", index=False)
+    (tmp / "findings.json").write_text(json.dumps(findings_json(evaluate_findings(results)), indent=2))
+    (tmp / "provenance.json").write_text(json.dumps(info, indent=2))
+    (tmp / "report.md").write_text(study_report(study.out_dir, study.preset, results,
+                                                title=f"Reference run {name}", provenance=info))
+    final = Path(folder) / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+__all__ = ["REFERENCE_DIR", "ReferenceRun", "reference_runs", "reference_results", "describe_device",
+           "current_commit", "save_reference"]
