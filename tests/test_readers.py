@@ -165,7 +165,9 @@ def test_msd_hidden_macos_files_are_not_cases(tmp_path, manifests):
 
 
 def _constant_channels(root, values):
+    """Channel c holds values[c] at voxel (0, 0, 0) (and one brighter voxel: not an empty image)."""
     data = np.stack([np.full((8, 8, 8), v, np.float32) for v in values], axis=-1)
+    data[4, 4, 4] += 10
     save_volume(data, AFFINE, root / "imagesTr" / "BRATS_001.nii.gz")
 
 
