@@ -49,7 +49,6 @@ def label_volume(affine, shape=(N, N, N)):
     lab[np.linalg.norm(w - [15, 19, 19], axis=-1) < 5] = 1
     lab[np.linalg.norm(w - [25, 19, 19], axis=-1) < 4] = 2
     lab[np.linalg.norm(w - [19, 27, 19], axis=-1) < 3] = 3
-    lab[np.linalg.norm(w - [19, 13, 19], axis=-1) < 3] = 4
     return lab
 
 
@@ -113,6 +112,17 @@ def test_labels_merge_lesion_values_to_one_and_ignore_values_to_255():
     assert set(np.unique(case.label)) == {0, 1, IGNORE}
     assert (case.label == 1).sum() == np.isin(truth, [1, 2]).sum()
     assert (case.label == IGNORE).sum() == (truth == 3).sum()
+
+
+@pytest.mark.parametrize("value", [7, -1])
+def test_label_values_the_manifest_does_not_name_are_refused_naming_the_file(value):
+    raw = raw_case()
+    data = np.asarray(raw.label.dataobj).astype(np.int16)
+    data[1, 1, 1] = value  # outside the brain: only the refusal can notice it
+    bad = RawCase(raw.files, raw.images, nib.Nifti1Image(data, raw.label.affine))
+    with pytest.raises(ImageReadError, match=rf"unexpected label value\(s\) \[{value}\]") as err:
+        prepare_case(manifest(), bad, 2.0)
+    assert err.value.file.endswith("label.nii.gz")
 
 
 def test_missing_label_gives_all_background_with_a_warning():
@@ -179,7 +189,7 @@ def test_cache_is_reused_on_the_second_call(tmp_path, fake_release):
 
 def test_cache_is_invalidated_by_a_changed_manifest_or_spacing(tmp_path, fake_release):
     prepare_database(manifest(), tmp_path, 4.0, tmp_path / "cache", progress=False)
-    prepare_database(manifest(labels={"lesion": [1], "ignore": []}), tmp_path, 4.0, tmp_path / "cache", progress=False)
+    prepare_database(manifest(labels={"lesion": [1, 2, 3], "ignore": []}), tmp_path, 4.0, tmp_path / "cache", progress=False)
     assert len(fake_release) == 4
     prepare_database(manifest(), tmp_path, 5.0, tmp_path / "cache", progress=False)
     assert len(fake_release) == 6
