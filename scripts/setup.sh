@@ -21,7 +21,8 @@ fi
 # What the install depends on; the same stamp means there is nothing to do.
 stamp="$VENV/.mmlib-setup"
 want="$(cat pyproject.toml scripts/setup.sh | cksum) $(pwd)"
-if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$PY" -c "import mmlib, torch, playwright" 2>/dev/null; then
+installed='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("mmlib", "torch", "playwright"))))'
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$PY" -c "$installed" 2>/dev/null; then
   echo "setup.sh: mmlib already installed in $VENV"
 else
   if ! "$PY" -c "import torch" 2>/dev/null; then
