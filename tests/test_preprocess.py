@@ -320,3 +320,23 @@ def test_data_identity_changes_with_a_file_and_the_root_but_not_with_reading(tmp
     raw = raw_case("c2")
     save_volume(np.asarray(raw.images["T1"].dataobj) * 2, raw.images["T1"].affine, tmp_path / "r" / "c2" / "t1.nii.gz")
     assert data_identity(m, tmp_path / "r") != first
+
+
+def test_cases_identity_follows_the_prepared_cases_inputs_and_root(tmp_path):
+    from mmlib.data.identity import cases_identity
+    from mmlib.data.nifti import save_volume
+
+    _release(tmp_path / "r")
+    cases = prepare_database(manifest(), tmp_path / "r", 4.0, tmp_path / "cache", progress=False)
+    first = cases_identity(cases, tmp_path / "r")
+    assert cases_identity(cases[::-1], tmp_path / "r" / ".") == first
+    assert cases_identity(cases, tmp_path / "elsewhere") != first
+    raw = raw_case("c1")
+    save_volume(np.asarray(raw.images["FLAIR"].dataobj) + 1, raw.images["FLAIR"].affine,
+                tmp_path / "r" / "c1" / "flair.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", preprocess.DataChangedWarning)
+        changed = prepare_database(manifest(), tmp_path / "r", 4.0, tmp_path / "cache", progress=False)
+    assert cases_identity(changed, tmp_path / "r") != first
+    with pytest.raises(ValueError, match="not from prepare_database"):
+        cases_identity([prepare_case(manifest(), raw_case(), 4.0)])

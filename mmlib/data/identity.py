@@ -75,10 +75,15 @@ def data_identity(manifest, root: str | Path | None = None) -> str:
     return _digest({"root": str(root), "manifest": manifest_content(manifest), "cases": cases, **extra})
 
 
-def cases_identity(cases) -> str:
+def cases_identity(cases, root: str | Path | None = None) -> str:
     """A short hash of prepared cases' inputs (PreparedCase.sources, recorded by
-    prepare_database): the data identity of what a model was trained on, without a new stat."""
-    return _digest(sorted([c.database, c.case_id, c.sources] for c in cases))
+    prepare_database) and the resolved `root` they came from: the data identity of what a model
+    was trained on, without a new stat. A case without recorded sources raises ValueError."""
+    missing = [c.case_id for c in cases if c.sources is None]
+    if missing:
+        raise ValueError(f"cases without recorded input files (not from prepare_database): {missing[:3]}")
+    where = None if root is None else str(Path(root).resolve())
+    return _digest([where, sorted([c.database, c.case_id, c.sources] for c in cases)])
 
 
 __all__ = ["file_stat", "case_sources", "changed_files", "manifest_content", "data_identity", "cases_identity"]
