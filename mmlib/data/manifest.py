@@ -306,7 +306,7 @@ def manifest_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data_manifests"
 
 
-#: The paper's databases, training ones first (Table 1 order of PAPER.md).
+#: The paper's databases, training ones first (in the order of the paper's Table 1).
 TRAINING_DATABASES = ("BRATS", "ATLAS", "MSSEG", "TBI", "WMH")
 EVALUATION_DATABASES = ("ISLES", "TUMOR2")
 ALL_DATABASES = TRAINING_DATABASES + EVALUATION_DATABASES

@@ -1,6 +1,6 @@
 """Preprocessing: one RAS grid, a brain mask, z-scores inside the brain, merged labels, a cache.
 
-Every case of every database ends the same way (PAPER.md, Methods): all modalities and the
+Every case of every database ends the same way (the paper, Methods): all modalities and the
 label on one isotropic grid, intensities z-scored inside the brain and 0 outside, the volume
 cropped to the brain, labels merged to 0 / 1 / IGNORE. Label values the manifest does not name
 are refused, as `mmlib check` reports them. `prepare_database` caches each case as a compressed
