@@ -1,33 +1,73 @@
-"""The `mmlib` command: synth, check, joint, study."""
+"""The `mmlib` command: synth, check, joint, study.
+
+Exit codes: 0 done; 2 refused input or, for `check`, problems found in the database; 3 `check`
+could not run (no manifest, no root folder); 130 interrupted. Errors are one line naming the
+file, without a traceback (MMLIB_DEBUG=1 shows it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
 from mmlib.errors import MMLibError
 from mmlib.experiments.protocol import ARCHITECTURES
 
+#: `mmlib check` exit code when the check could not run at all (no manifest, no root folder).
+CHECK_COULD_NOT_RUN = 3
+
 
 def _cmd_synth(args) -> int:
     from mmlib.data.synth import make_twins
+    from mmlib.io import prepare_out_dir
 
-    written = make_twins(Path(args.out), preset=args.preset, seed=args.seed,
+    out = prepare_out_dir(args.out)
+    written = make_twins(out, preset=args.preset, seed=args.seed,
                          databases=args.databases or None, progress=not args.quiet)
     for name, path in written.items():
         print(f"{name:8s} {path}")
     return 0
 
 
+def _check_error(args, exc: MMLibError, database: str | None = None, root=None) -> int:
+    """Report that the check could not run: one line on stderr, and the JSON object with --json."""
+    if args.json:
+        print(json.dumps({"database": database, "root": None if root is None else str(root), "cases": None,
+                          "problems": [], "error": {"file": exc.file, "problem": exc.problem}}, indent=2))
+    print(f"mmlib check: error: {exc}", file=sys.stderr)
+    return CHECK_COULD_NOT_RUN
+
+
 def _cmd_check(args) -> int:
     from mmlib.data.integrity import check_database
     from mmlib.data.manifest import load_manifest
 
-    manifest = load_manifest(args.manifest)
-    root = manifest.resolve_root(args.root)
-    report = check_database(manifest, root, progress=not args.json)
+    try:
+        manifest = load_manifest(args.manifest)
+    except MMLibError as exc:
+        return _check_error(args, exc)
+    root = None
+    try:
+        root = manifest.resolve_root(args.root)
+        if not root.is_dir():
+            raise MMLibError("release folder not found" if not root.exists() else "release folder is not a folder", root)
+        os.listdir(root)
+    except PermissionError:
+        return _check_error(args, MMLibError("permission denied: cannot list the release folder", root),
+                            manifest.name, root)
+    except MMLibError as exc:
+        return _check_error(args, exc, manifest.name, root)
+    try:
+        report = check_database(manifest, root, progress=not args.json)
+    except (MMLibError, OSError) as exc:
+        err = exc if isinstance(exc, MMLibError) else MMLibError(_os_message(exc), getattr(exc, "filename", None))
+        return _check_error(args, err, manifest.name, root)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -87,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("check", help="integrity check of one database against its manifest")
+    p = sub.add_parser("check", help="integrity check of one database against its manifest",
+                       description="Check one database against its manifest. Exit 0: clean; 2: problems "
+                                   "found (each listed with its file); 3: the check could not run (manifest "
+                                   "or root folder missing or unreadable). --json prints one JSON object in "
+                                   "every case, with an 'error' entry when the check could not run.")
     p.add_argument("manifest", help="a manifest YAML, or a packaged database name such as BRATS")
     p.add_argument("--root", help="the release folder (default: $MMLIB_<NAME>_ROOT or $MMLIB_DATA_ROOT/<NAME>)")
     p.add_argument("--json", action="store_true", help="print one JSON object: cases, problems")
@@ -122,12 +166,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_message(exc: OSError) -> str:
+    """A one-line account of an operating-system error, naming the path it concerns."""
+    why = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+           errno.ENOTDIR: "not a folder (a part of the path is a file)", errno.EISDIR: "is a folder",
+           errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+           errno.ENOENT: "no such file or folder", errno.EEXIST: "already exists"}.get(exc.errno)
+    why = why or exc.strerror or str(exc) or type(exc).__name__
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+    return f"{where}: {why}" if where else why
+
+
+def _parse(argv) -> argparse.Namespace | int:
+    """Parsed arguments; for `check --json` with bad arguments, the JSON error and exit code 3."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        sys.stderr.write(err.getvalue())
+        if exc.code not in (0, None) and argv[:1] == ["check"] and "--json" in argv:
+            lines = err.getvalue().strip().splitlines()
+            print(json.dumps({"database": None, "root": None, "cases": None, "problems": [],
+                              "error": {"file": None, "problem": lines[-1] if lines else "invalid arguments"}},
+                             indent=2))
+            return CHECK_COULD_NOT_RUN
+        raise
+    sys.stderr.write(err.getvalue())
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
+    debug = bool(os.environ.get("MMLIB_DEBUG"))
     try:
         return args.func(args)
     except MMLibError as exc:
+        if debug:
+            raise
         print(f"mmlib {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave that cannot be used: permission, not a folder, full disk
+        if debug:
+            raise
+        print(f"mmlib {args.command}: error: {_os_message(exc)} (MMLIB_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mmlib {args.command}: interrupted; finished results are kept", file=sys.stderr)

@@ -34,18 +34,47 @@ def test_check_on_a_broken_release_exits_2_and_names_the_file(tmp_path, capsys):
     assert any(p["file"] == str(flair) for p in report["problems"])
 
 
-def test_a_broken_manifest_is_reported_without_a_traceback(tmp_path):
+def test_a_broken_manifest_is_reported_without_a_traceback_and_exit_3(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: X\nmodalities: [FLAIR, T3]\n")
     result = run_cli("check", str(bad), "--root", str(tmp_path))
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "Traceback" not in result.stderr and str(bad) in result.stderr
 
 
-def test_a_missing_root_is_reported_without_a_traceback(tmp_path):
+def test_a_missing_root_is_reported_without_a_traceback_and_json_says_why(tmp_path):
     result = run_cli("check", "BRATS", "--root", str(tmp_path / "nowhere"), "--json")
     assert "Traceback" not in result.stderr
-    assert result.returncode == 2
+    assert result.returncode == 3
+    report = json.loads(result.stdout)
+    assert report["error"] == {"file": str(tmp_path / "nowhere"), "problem": "release folder not found"}
+    assert report["database"] == "BRATS" and report["cases"] is None
+
+
+def test_check_json_is_printed_for_bad_arguments_too():
+    result = run_cli("check", "--json")
+    assert result.returncode == 3
+    assert "required: manifest" in json.loads(result.stdout)["error"]["problem"]
+
+
+def test_synth_refuses_an_out_that_is_a_file_without_a_traceback(tmp_path):
+    (tmp_path / "f").write_text("x")
+    result = run_cli("synth", "--preset", "smoke", "--out", str(tmp_path / "f"), "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'f'}: --out names an existing file" in result.stderr
+
+
+def test_an_os_error_becomes_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import mmlib.cli as cli
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "x.npz"))
+
+    monkeypatch.setattr(cli, "_cmd_synth", full_disk)  # build_parser binds it when main() runs
+    assert main(["synth", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmlib synth: error: {tmp_path / 'x.npz'}: no space left on the device")
+    assert "Traceback" not in err
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys):

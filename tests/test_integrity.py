@@ -179,3 +179,45 @@ def test_same_grid_accepts_axis_permutations_and_refuses_half_voxel_shifts():
     shifted = AFFINE.copy()
     shifted[0, 3] += 0.5
     assert not same_grid((8, 8, 8), AFFINE, (8, 8, 8), shifted)
+
+
+def test_every_case_check_reports_is_refused_by_reading_and_the_others_read(tmp_path, manifests):
+    from mmlib.data.readers import find_cases, read_case
+    from mmlib.errors import MMLibError
+
+    manifest = manifests["WMH"]
+    write_tiny_release(manifest, tmp_path, n_cases=6)
+    cases = find_cases(manifest, tmp_path)
+    label = tiny_label(manifest).astype(np.int16)
+    label[6, 6, 6] = -1
+    save_volume(label, AFFINE, cases[0].label)                                  # value the manifest does not name
+    save_volume(np.full((8, 8, 8), 3.0, np.float32), AFFINE, cases[1].images["T1"])   # empty image
+    save_volume(tiny_label(manifest, (8, 8, 6)), AFFINE, cases[2].label)       # label on no image's grid
+    save_volume(_noise((8, 8, 7)), AFFINE, cases[3].images["T1"])              # modalities disagree
+    report = check_database(manifest, tmp_path)
+    flagged = {p.file for p in report.problems}
+    assert len(report.problems) == 4
+    for case in find_cases(manifest, tmp_path):
+        files = {str(p) for p in (*case.images.values(), case.label)}
+        if files & flagged:
+            with pytest.raises(MMLibError) as err:
+                read_case(manifest, case)
+            assert err.value.file in flagged
+        else:
+            read_case(manifest, case)
+
+
+def test_a_file_shared_by_two_cases_is_reported_for_both(tmp_path, manifests):
+    from mmlib.data.manifest import parse_manifest
+
+    raw = dict(manifests["TUMOR2"].raw, layout={"kind": "pattern", "cases": ["a/sub-*", "b/sub-*"],
+                                                "images": {"T1": "{case}/t1.nii.gz"},
+                                                "label": "masks/{name}.nii.gz"})
+    manifest = parse_manifest(raw)
+    for site in ("a", "b"):
+        save_volume(_noise(), AFFINE, tmp_path / site / "sub-001" / "t1.nii.gz")
+    mask = save_volume(tiny_label(manifest), AFFINE, tmp_path / "masks" / "sub-001.nii.gz")
+    report = check_database(manifest, tmp_path)
+    assert [(p.file, p.problem) for p in report.problems] == [
+        (str(mask), "case a/sub-001: label: the same file is also label of case b/sub-001"),
+        (str(mask), "case b/sub-001: label: the same file is also label of case a/sub-001")]

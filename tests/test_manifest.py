@@ -9,7 +9,7 @@ import yaml
 
 from mmlib.data.manifest import ALL_DATABASES, load_manifest
 from mmlib.data.modalities import MODALITIES
-from mmlib.errors import ManifestError
+from mmlib.errors import ManifestError, MMLibError
 
 
 @pytest.mark.parametrize("name", ALL_DATABASES)
@@ -83,3 +83,56 @@ def test_broken_yaml_is_reported_as_not_valid_yaml(tmp_path):
 
 def test_missing_manifest_file_is_named(tmp_path):
     assert "not found" in _error(tmp_path / "NOPE.yaml")
+
+
+def _wmh(manifests):
+    return copy.deepcopy(manifests["WMH"].raw)
+
+
+@pytest.mark.parametrize("where,pattern,problem", [
+    ("images", "/data/{case}/FLAIR.nii.gz", "is absolute"),
+    ("images", "~/{case}/FLAIR.nii.gz", "is absolute"),
+    ("images", "{case}/../../{name}/FLAIR.nii.gz", "climbs out of the root folder"),
+    ("label", "../labels/{name}.nii.gz", "climbs out of the root folder"),
+    ("cases", "/**", "is absolute"),
+    ("cases", "training/../../*", "climbs out of the root folder"),
+    ("label", "derivatives/mask.nii.gz", "names the same file for every case"),
+])
+def test_patterns_leaving_the_root_or_shared_by_every_case_are_refused(tmp_path, manifests, where, pattern, problem):
+    raw = _wmh(manifests)
+    if where == "images":
+        raw["layout"]["images"]["FLAIR"] = pattern
+    else:
+        raw["layout"][where] = pattern
+    message = _error(_write(tmp_path, raw))
+    assert problem in message and repr(pattern) in message
+
+
+def test_msd_folders_leaving_the_root_are_refused(tmp_path, manifests):
+    raw = _brats(manifests)
+    raw["layout"]["labels"] = "../labelsTr"
+    assert "climbs out of the root folder" in _error(_write(tmp_path, raw))
+
+
+def test_a_folder_given_as_manifest_is_named(tmp_path):
+    (tmp_path / "dir.yaml").mkdir()
+    assert "is a folder" in _error(tmp_path / "dir.yaml")
+
+
+def test_data_root_from_env_takes_the_argument_then_the_variable_and_refuses_a_missing_folder(tmp_path, monkeypatch):
+    from mmlib.data.manifest import data_root_from_env, use_twins
+
+    monkeypatch.delenv("MMLIB_DATA_ROOT", raising=False)
+    for name in ALL_DATABASES:
+        monkeypatch.delenv(f"MMLIB_{name}_ROOT", raising=False)
+    assert data_root_from_env(None) is None and use_twins(["WMH"])
+    monkeypatch.setenv("MMLIB_DATA_ROOT", str(tmp_path))
+    assert data_root_from_env(None) == tmp_path and not use_twins(["WMH"])
+    assert data_root_from_env(tmp_path / ".") == tmp_path
+    monkeypatch.setenv("MMLIB_DATA_ROOT", str(tmp_path / "gone"))
+    with pytest.raises(MMLibError, match="MMLIB_DATA_ROOT does not exist") as err:
+        data_root_from_env(None)
+    assert err.value.file == str(tmp_path / "gone")
+    monkeypatch.delenv("MMLIB_DATA_ROOT")
+    monkeypatch.setenv("MMLIB_WMH_ROOT", str(tmp_path))
+    assert not use_twins(["WMH"]) and use_twins(["BRATS"])

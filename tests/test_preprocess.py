@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -49,7 +51,6 @@ def label_volume(affine, shape=(N, N, N)):
     lab[np.linalg.norm(w - [15, 19, 19], axis=-1) < 5] = 1
     lab[np.linalg.norm(w - [25, 19, 19], axis=-1) < 4] = 2
     lab[np.linalg.norm(w - [19, 27, 19], axis=-1) < 3] = 3
-    lab[np.linalg.norm(w - [19, 13, 19], axis=-1) < 3] = 4
     return lab
 
 
@@ -113,6 +114,17 @@ def test_labels_merge_lesion_values_to_one_and_ignore_values_to_255():
     assert set(np.unique(case.label)) == {0, 1, IGNORE}
     assert (case.label == 1).sum() == np.isin(truth, [1, 2]).sum()
     assert (case.label == IGNORE).sum() == (truth == 3).sum()
+
+
+@pytest.mark.parametrize("value", [7, -1])
+def test_label_values_the_manifest_does_not_name_are_refused_naming_the_file(value):
+    raw = raw_case()
+    data = np.asarray(raw.label.dataobj).astype(np.int16)
+    data[1, 1, 1] = value  # outside the brain: only the refusal can notice it
+    bad = RawCase(raw.files, raw.images, nib.Nifti1Image(data, raw.label.affine))
+    with pytest.raises(ImageReadError, match=rf"unexpected label value\(s\) \[{value}\]") as err:
+        prepare_case(manifest(), bad, 2.0)
+    assert err.value.file.endswith("label.nii.gz")
 
 
 def test_missing_label_gives_all_background_with_a_warning():
@@ -179,7 +191,7 @@ def test_cache_is_reused_on_the_second_call(tmp_path, fake_release):
 
 def test_cache_is_invalidated_by_a_changed_manifest_or_spacing(tmp_path, fake_release):
     prepare_database(manifest(), tmp_path, 4.0, tmp_path / "cache", progress=False)
-    prepare_database(manifest(labels={"lesion": [1], "ignore": []}), tmp_path, 4.0, tmp_path / "cache", progress=False)
+    prepare_database(manifest(labels={"lesion": [1, 2, 3], "ignore": []}), tmp_path, 4.0, tmp_path / "cache", progress=False)
     assert len(fake_release) == 4
     prepare_database(manifest(), tmp_path, 5.0, tmp_path / "cache", progress=False)
     assert len(fake_release) == 6
@@ -236,3 +248,95 @@ def test_template_brain_mask_is_the_mni_brain_for_images_in_mni_space():
     brain_ml = case.brain.sum() * 6.0 ** 3 / 1000
     template_ml = template.get_fdata().sum() * 2.0 ** 3 / 1000
     assert abs(brain_ml / template_ml - 1) < 0.1
+
+
+# --------------------------------------------------------------------------- cache keyed by the data
+
+def _release(root):
+    """A TOY release of two cases on disk (images and label of raw_case)."""
+    from mmlib.data.nifti import save_volume
+
+    for cid in ("c1", "c2"):
+        raw = raw_case(cid)
+        for name, img in (("flair", raw.images["FLAIR"]), ("t1", raw.images["T1"]), ("label", raw.label)):
+            save_volume(np.asarray(img.dataobj), img.affine, root / cid / f"{name}.nii.gz")
+
+
+def test_a_changed_input_file_is_prepared_again_not_taken_from_the_cache(tmp_path):
+    from mmlib.data.nifti import save_volume
+
+    root = tmp_path / "release"
+    _release(root)
+    before = prepare_database(manifest(), root, 2.0, tmp_path / "cache", progress=False)
+    raw = raw_case("c1")
+    fixed = np.asarray(raw.label.dataobj).copy()
+    fixed[fixed == 3] = 1  # a fixed label: the ignored region becomes lesion
+    save_volume(fixed, raw.label.affine, root / "c1" / "label.nii.gz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        after = prepare_database(manifest(), root, 2.0, tmp_path / "cache", progress=False)
+    assert (after[0].label == 1).sum() > (before[0].label == 1).sum()
+    assert not (after[0].label == IGNORE).any()
+    np.testing.assert_array_equal(after[1].label, before[1].label)  # the unchanged case is the cached one
+    assert [str(w.message) for w in caught if w.category is preprocess.DataChangedWarning] == [
+        "TOY case c1: c1/label.nii.gz changed since it was prepared; preparing it again"]
+    assert set(after[0].sources) == {"c1/flair.nii.gz", "c1/label.nii.gz", "c1/t1.nii.gz"}
+    again = prepare_database(manifest(), root, 2.0, tmp_path / "cache", progress=False)  # no warning now
+    np.testing.assert_array_equal(again[0].label, after[0].label)
+
+
+def test_another_root_gets_its_own_cache_folder(tmp_path, fake_release):
+    prepare_database(manifest(), tmp_path / "a", 4.0, tmp_path / "cache", progress=False)
+    prepare_database(manifest(), tmp_path / "b", 4.0, tmp_path / "cache", progress=False)
+    assert len(fake_release) == 4
+    assert len(list((tmp_path / "cache" / "TOY").iterdir())) == 2
+    prepare_database(manifest(), tmp_path / "a" / ".." / "a", 4.0, tmp_path / "cache", progress=False)
+    assert len(fake_release) == 4  # the same folder, written another way
+
+
+def test_cache_entries_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_cached_case(prepare_case(manifest(), raw_case(), 4.0), tmp_path / "c.npz")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "c.npz").st_mode & 0o777 == 0o644
+
+
+def test_data_identity_changes_with_a_file_and_the_root_but_not_with_reading(tmp_path):
+    import shutil
+
+    from mmlib.data.identity import data_identity
+    from mmlib.data.nifti import save_volume
+
+    _release(tmp_path / "r")
+    m = manifest()
+    first = data_identity(m, tmp_path / "r")
+    assert data_identity(m, tmp_path / "r") == first
+    prepare_database(m, tmp_path / "r", 4.0, tmp_path / "cache", progress=False)
+    assert data_identity(m, tmp_path / "r") == first
+    shutil.copytree(tmp_path / "r", tmp_path / "copy")
+    assert data_identity(m, tmp_path / "copy") != first
+    raw = raw_case("c2")
+    save_volume(np.asarray(raw.images["T1"].dataobj) * 2, raw.images["T1"].affine, tmp_path / "r" / "c2" / "t1.nii.gz")
+    assert data_identity(m, tmp_path / "r") != first
+
+
+def test_cases_identity_follows_the_prepared_cases_inputs_and_root(tmp_path):
+    from mmlib.data.identity import cases_identity
+    from mmlib.data.nifti import save_volume
+
+    _release(tmp_path / "r")
+    cases = prepare_database(manifest(), tmp_path / "r", 4.0, tmp_path / "cache", progress=False)
+    first = cases_identity(cases, tmp_path / "r")
+    assert cases_identity(cases[::-1], tmp_path / "r" / ".") == first
+    assert cases_identity(cases, tmp_path / "elsewhere") != first
+    raw = raw_case("c1")
+    save_volume(np.asarray(raw.images["FLAIR"].dataobj) + 1, raw.images["FLAIR"].affine,
+                tmp_path / "r" / "c1" / "flair.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", preprocess.DataChangedWarning)
+        changed = prepare_database(manifest(), tmp_path / "r", 4.0, tmp_path / "cache", progress=False)
+    assert cases_identity(changed, tmp_path / "r") != first
+    with pytest.raises(ValueError, match="not from prepare_database"):
+        cases_identity([prepare_case(manifest(), raw_case(), 4.0)])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import struct
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from fixtures import tiny_affine, write_tiny_release
+from fixtures import tiny_affine, tiny_label, write_tiny_release
 from mmlib.data.manifest import ALL_DATABASES, parse_manifest
 from mmlib.data.nifti import load_channels, load_label, load_volume, save_volume
 from mmlib.data.readers import find_cases, read_case, split_cases
@@ -165,7 +166,9 @@ def test_msd_hidden_macos_files_are_not_cases(tmp_path, manifests):
 
 
 def _constant_channels(root, values):
+    """Channel c holds values[c] at voxel (0, 0, 0) (and one brighter voxel: not an empty image)."""
     data = np.stack([np.full((8, 8, 8), v, np.float32) for v in values], axis=-1)
+    data[4, 4, 4] += 10
     save_volume(data, AFFINE, root / "imagesTr" / "BRATS_001.nii.gz")
 
 
@@ -239,6 +242,115 @@ def test_several_files_matching_one_pattern_are_recorded(tmp_path, manifests):
     assert case.images["T1"] is None and "several files" in case.problems["T1"][1]
     with pytest.raises(LayoutError, match="several files"):
         read_case(manifest, case)
+
+
+def _header_claiming(shape, data: bytes) -> bytes:
+    header = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), AFFINE).header.copy()
+    header.set_data_shape(shape)
+    return header.binaryblock + b"\0" * 4 + data
+
+
+@pytest.mark.parametrize("name,shape,match", [
+    ("claims_400.nii.gz", (400, 400, 400), "a gzip file of .* bytes cannot hold more than"),
+    ("claims_64.nii", (64, 64, 64), "but the file has"),
+    ("claims_4d.nii.gz", (8, 8, 8, 500), "500 volumes beyond the 3 spatial axes"),
+])
+def test_header_claiming_more_data_than_the_file_can_hold_is_refused(tmp_path, name, shape, match):
+    payload = _header_claiming(shape, np.random.default_rng(0).bytes(30_000))
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(payload) if name.endswith(".gz") else payload)
+    _raises_naming(path, match, load_volume, path)
+
+
+def test_voxel_limit_is_a_setting(tmp_path, monkeypatch):
+    path = save_volume(np.ones((8, 8, 8), np.float32), AFFINE, tmp_path / "x.nii.gz")
+    monkeypatch.setenv("MMLIB_MAX_VOXELS", "100")
+    _raises_naming(path, "more than the limit of 100 .*MMLIB_MAX_VOXELS", load_volume, path)
+    monkeypatch.setenv("MMLIB_MAX_VOXELS", "512")
+    assert load_volume(path).shape == (8, 8, 8)
+
+
+def test_unreadable_file_is_reported_as_a_permission_problem(tmp_path, monkeypatch):
+    path = save_volume(np.ones((8, 8, 8), np.float32), AFFINE, tmp_path / "x.nii.gz")
+
+    def denied(filename, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", filename)
+
+    monkeypatch.setattr(nib, "load", denied)
+    _raises_naming(path, ": permission denied: cannot read the file$", load_volume, path)
+
+
+def test_save_volume_honours_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        path = save_volume(np.ones((8, 8, 8), np.float32), AFFINE, tmp_path / "x.nii.gz")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o664)
+
+
+def test_one_file_reached_by_two_cases_is_a_problem_of_both_and_refused(tmp_path, manifests):
+    raw = dict(manifests["TUMOR2"].raw, layout={"kind": "pattern", "cases": ["a/sub-*", "b/sub-*"],
+                                                "images": {"T1": "{name}_T1w.nii.gz"}, "label": "{case}/mask.nii.gz"})
+    manifest = parse_manifest(raw)
+    shared = save_volume(np.random.default_rng(0).uniform(1, 2, (8, 8, 8)).astype(np.float32), AFFINE,
+                         tmp_path / "sub-001_T1w.nii.gz")
+    for site in ("a", "b"):
+        save_volume(tiny_label(manifest), AFFINE, tmp_path / site / "sub-001" / "mask.nii.gz")
+    cases = find_cases(manifest, tmp_path)
+    assert [c.case_id for c in cases] == ["a/sub-001", "b/sub-001"]
+    assert [c.problems["T1"] for c in cases] == [(str(shared), "the same file is also T1 of case b/sub-001"),
+                                                 (str(shared), "the same file is also T1 of case a/sub-001")]
+    with pytest.raises(LayoutError, match="the same file") as info:
+        read_case(manifest, cases[0])
+    assert info.value.file == str(shared)
+
+
+def test_a_folder_that_cannot_be_listed_is_a_permission_problem_not_a_missing_file(tmp_path, manifests, monkeypatch):
+    manifest = manifests["TBI"]
+    write_tiny_release(manifest, tmp_path, n_cases=1)
+    locked = tmp_path / "sub-001" / "anat"  # as without read and search permission
+    real = {name: getattr(os, name) for name in ("scandir", "stat", "lstat")}
+
+    def deny(name, inside):
+        def call(path=".", *args, **kwargs):
+            full = os.path.abspath(path)
+            if full.startswith(str(locked) + os.sep) if inside else full == str(locked):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real[name](path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "scandir", deny("scandir", inside=False))
+    monkeypatch.setattr(os, "stat", deny("stat", inside=True))
+    monkeypatch.setattr(os, "lstat", deny("lstat", inside=True))
+    case = find_cases(manifest, tmp_path)[0]
+    assert case.problems["FLAIR"] == (str(locked / "sub-001_FLAIR.nii.gz"), f"permission denied: cannot list {locked}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its permissions")
+def test_a_folder_without_read_permission_is_reported_as_such(tmp_path, manifests):
+    manifest = manifests["TBI"]
+    write_tiny_release(manifest, tmp_path, n_cases=1)
+    locked = tmp_path / "sub-001" / "anat"
+    locked.chmod(0o000)
+    try:
+        case = find_cases(manifest, tmp_path)[0]
+    finally:
+        locked.chmod(0o755)
+    assert "permission denied" in case.problems["FLAIR"][1]
+
+
+def test_read_case_refuses_what_the_integrity_check_reports(tmp_path, manifests):
+    manifest = manifests["TUMOR2"]
+    write_tiny_release(manifest, tmp_path, n_cases=2)
+    label = tiny_label(manifest).astype(np.int16)
+    label[5, 5, 5] = 7
+    bad_label = save_volume(label, AFFINE, tmp_path / "derivatives/lesions/sub-001/sub-001_desc-lesion_mask.nii.gz")
+    empty = save_volume(np.zeros((8, 8, 8), np.float32), AFFINE, tmp_path / "sub-002/anat/sub-002_T1w.nii.gz")
+    cases = find_cases(manifest, tmp_path)
+    _raises_naming(bad_label, r"unexpected label value\(s\) \[7\]", read_case, manifest, cases[0])
+    _raises_naming(empty, "empty image", read_case, manifest, cases[1])
+    assert read_case(manifest, cases[1], validate=False).images["T1"].shape == (8, 8, 8)
 
 
 # --- split --------------------------------------------------------------------------------------

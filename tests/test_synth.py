@@ -195,3 +195,34 @@ def test_rerun_replaces_a_twin_and_refuses_foreign_folders(tmp_path):
     with pytest.raises(MMLibError):
         make_twins(tmp_path / "other", "smoke", seed=0, databases=["TUMOR2"], progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_twin_state_tells_interrupted_complete_damaged_and_foreign_folders(tmp_path):
+    from mmlib.data.synth.twins import MARKER, twin_state
+
+    assert twin_state(tmp_path / "none") == ("absent", None)
+    (tmp_path / "litter").mkdir()
+    (tmp_path / "litter" / f".x.nii.gz.{2 ** 22 + 7}-0123abcd.tmp").write_bytes(b"half")
+    assert twin_state(tmp_path / "litter")[0] == "absent"  # only a killed run's temporary file
+    for name, marker, state in (("w", {"state": "writing"}, "writing"), ("c", {"state": "complete"}, "complete"),
+                                ("old", {"database": "X", "cases": 3}, "complete"), ("d", None, "damaged")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MARKER).write_text(json.dumps(marker)[:-1] if marker is None else json.dumps(marker))
+        assert twin_state(tmp_path / name)[0] == state, name
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert twin_state(tmp_path / "mine")[0] == "foreign"
+
+
+def test_an_interrupted_twin_with_other_settings_is_restarted_and_deletion_litter_removed(tmp_path):
+    from mmlib.data.synth.twins import MARKER, twin_state
+
+    root = make_twins(tmp_path, "smoke", seed=0, databases=["TUMOR2"], progress=False)["TUMOR2"]
+    marker = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps(dict(marker, state="writing", seed=5)))
+    (root / "sub-999").mkdir()  # would survive a resume
+    trash = tmp_path / ".TUMOR2.deleting-1-0123abcd"
+    (trash / "sub-001").mkdir(parents=True)  # a deletion killed half-way
+    make_twins(tmp_path, "smoke", seed=0, databases=["TUMOR2"], progress=False)
+    assert twin_state(root)[0] == "complete" and not (root / "sub-999").exists()
+    assert not trash.exists()

@@ -32,7 +32,8 @@ class PreparedCase:
 
     image: float32 (M, X, Y, Z) in `modalities` order, z-scored inside the brain, 0 outside.
     label: uint8 (X, Y, Z): 0 background, 1 lesion, IGNORE (255) left out of loss and metrics.
-    brain: bool (X, Y, Z). spacing: voxel size in mm. Arrays are RAS-oriented.
+    brain: bool (X, Y, Z). spacing: voxel size in mm. Arrays are RAS-oriented. sources: the
+    input files' {file: [size, mtime_ns]} it was made from (mmlib.data.identity), when known.
     """
 
     database: str
@@ -42,6 +43,7 @@ class PreparedCase:
     label: np.ndarray
     brain: np.ndarray
     spacing: tuple[float, float, float]
+    sources: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -2,34 +2,21 @@
 
 Like nnU-Net's dataset integrity check, it never stops at the first problem, so one run tells
 a user everything to fix. Modalities of one case may lie on different grids (real releases do);
-a label must lie on the grid of at least one of its images, compared in world space.
+a label must lie on the grid of at least one of its images, compared in world space. The
+checks of a loaded case live in mmlib.data.validate, which also refuses such cases for training.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
-
-import nibabel as nib
-import numpy as np
 
 from mmlib.data.cases import CaseFiles
 from mmlib.data.manifest import DatabaseManifest
 from mmlib.data.nifti import load_channels, load_label, load_volume
 from mmlib.data.readers import check_dataset_json, find_cases
+from mmlib.data.validate import Problem, image_problems, label_problems, same_grid
 from mmlib.errors import ImageReadError, LayoutError
-
-# Affines come from float32 header fields, so grids are compared to a hundredth of a voxel.
-_GRID_TOL = 1e-2
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in a release: the file (or expected path) and what is wrong with it."""
-
-    file: str
-    problem: str
 
 
 @dataclass
@@ -52,35 +39,6 @@ class CheckReport:
         """A JSON-ready dict: {database, root, cases, problems: [{file, problem}, ...]}."""
         return {"database": self.database, "root": self.root, "cases": self.cases,
                 "problems": [{"file": p.file, "problem": p.problem} for p in self.problems]}
-
-
-def _invertible(affine: np.ndarray) -> bool:
-    m = np.asarray(affine, dtype=np.float64)
-    return bool(np.isfinite(m).all() and abs(np.linalg.det(m[:3, :3])) > 1e-8)
-
-
-def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
-    """True if two grids hold the same voxel centres in world space (axis order and flips may differ)."""
-    try:
-        t = np.linalg.solve(np.asarray(affine_b, float), np.asarray(affine_a, float))  # a's indices -> b's
-    except np.linalg.LinAlgError:
-        return False
-    rot, shift = t[:3, :3], t[:3, 3]
-    if not (np.allclose(rot, np.rint(rot), atol=_GRID_TOL) and np.allclose(shift, np.rint(shift), atol=_GRID_TOL)):
-        return False
-    rot, shift = np.rint(rot), np.rint(shift)
-    if not ((np.abs(rot).sum(0) == 1).all() and (np.abs(rot).sum(1) == 1).all()):
-        return False
-    # Map the two extreme corners of a's box; the mapped box must be exactly b's box.
-    hi_a = np.asarray(shape_a[:3], float) - 1
-    ends = np.stack([rot @ np.zeros(3) + shift, rot @ hi_a + shift])
-    return bool(np.array_equal(ends.min(0), np.zeros(3)) and
-                np.array_equal(ends.max(0), np.asarray(shape_b[:3], float) - 1))
-
-
-def _describe(img: nib.Nifti1Image) -> str:
-    zooms = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(0))
-    return f"shape {tuple(img.shape)}, voxel {tuple(round(float(z), 3) for z in zooms)} mm"
 
 
 def _load_images(manifest: DatabaseManifest, case: CaseFiles, report: CheckReport) -> dict:
@@ -119,20 +77,8 @@ def _load_images(manifest: DatabaseManifest, case: CaseFiles, report: CheckRepor
 def _check_case(manifest: DatabaseManifest, case: CaseFiles, report: CheckReport) -> None:
     for key, (expected, problem) in case.problems.items():
         report.add(expected, f"case {case.case_id}: {key}: {problem}")
-    images = _load_images(manifest, case, report)
-    grids = {}
-    for mod, (img, path, tag) in images.items():
-        data = np.asarray(img.dataobj)
-        if data.size == 0 or data.min() == data.max():
-            value = f"{float(data.flat[0]):g}" if data.size else "none"
-            report.add(path, f"{tag}: empty image: every voxel is {value}")
-        if _invertible(img.affine):
-            grids[mod] = (img, path)
-        else:
-            report.add(path, f"{tag}: affine is not invertible:\n{np.asarray(img.affine)}")
-    for (m1, (i1, _)), (m2, (i2, p2)) in combinations(grids.items(), 2):
-        if np.allclose(i1.affine, i2.affine, atol=1e-4) and i1.shape != i2.shape:
-            report.add(p2, f"{m2} shape {i2.shape} differs from {m1} shape {i1.shape} on the same affine")
+    problems, grids = image_problems(_load_images(manifest, case, report))
+    report.problems += problems
     if case.label is None:
         return
     try:
@@ -140,24 +86,7 @@ def _check_case(manifest: DatabaseManifest, case: CaseFiles, report: CheckReport
     except ImageReadError as exc:
         report.add(exc.file, exc.problem)
         return
-    allowed = {0, *manifest.lesion_values, *manifest.ignore_values}
-    values = np.unique(np.asarray(label.dataobj))
-    unexpected = sorted(int(v) for v in values if int(v) not in allowed)
-    if unexpected:
-        report.add(case.label, f"unexpected label value(s) {unexpected}; the manifest allows {sorted(allowed)}")
-    if not _invertible(label.affine):
-        report.add(case.label, f"label affine is not invertible:\n{np.asarray(label.affine)}")
-        return
-    if not grids or any(same_grid(label.shape, label.affine, i.shape, i.affine) for i, _ in grids.values()):
-        return
-    same_affine = [m for m, (i, _) in grids.items() if np.allclose(i.affine, label.affine, atol=1e-4)]
-    if same_affine:
-        m = same_affine[0]
-        report.add(case.label, f"label shape {label.shape} differs from {m} shape {grids[m][0].shape} "
-                               f"on the same affine")
-    else:
-        others = "; ".join(f"{m}: {_describe(i)}" for m, (i, _) in grids.items())
-        report.add(case.label, f"label grid ({_describe(label)}) matches no image of the case ({others})")
+    report.problems += label_problems(manifest, label, case.label, grids)
 
 
 def check_database(manifest: DatabaseManifest, root: str | Path, progress: bool = False) -> CheckReport:
@@ -188,3 +117,6 @@ def check_database(manifest: DatabaseManifest, root: str | Path, progress: bool 
     for case in cases:
         _check_case(manifest, case, report)
     return report
+
+
+__all__ = ["CheckReport", "Problem", "check_database", "same_grid"]

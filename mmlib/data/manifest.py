@@ -11,8 +11,9 @@ The schema (every key is checked on load, every mistake named):
     brain_mask: derived | template      # 'template': MNI152 2009 brain mask (ATLAS)
     layout:
       kind: pattern | msd4d
-      # pattern: globs relative to the root; {case} = the case folder (relative to root),
-      #          {name} = the case folder's last component.
+      # pattern: globs relative to the root (never absolute, never '..'); {case} = the case
+      #          folder (relative to root), {name} = its last component; every file pattern
+      #          needs one of them (a file shared by every case is not a case's file).
       cases: "Center_*/Patient_*"       # a glob or a list of globs, each match one case folder
       id: "sub-r\\d+s\\d+"              # optional regex; the case id is its first match in {case}
       images: {FLAIR: "{case}/Preprocessed_Data/FLAIR_preprocessed.nii.gz", ...}
@@ -26,6 +27,7 @@ The schema (every key is checked on load, every mistake named):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,29 @@ class DatabaseManifest:
                          f"MMLIB_{self.name.upper()}_ROOT or MMLIB_DATA_ROOT")
 
 
+def data_root_from_env(data_root: str | Path | None = None) -> Path | None:
+    """The folder holding the databases as <DIR>/<NAME>/: `data_root`, else $MMLIB_DATA_ROOT,
+    else None. A folder given either way must exist: MMLibError names it (and the variable)."""
+    source = "--data-root"
+    if data_root is None or str(data_root) == "":
+        data_root, source = os.environ.get("MMLIB_DATA_ROOT") or None, "MMLIB_DATA_ROOT"
+    if data_root is None:
+        return None
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise MMLibError(f"{source} {what}; it must be the folder holding the databases as <NAME>/", root)
+    return root
+
+
+def use_twins(names, data_root: str | Path | None = None) -> bool:
+    """True when no real data is asked for `names`: no data_root, no $MMLIB_DATA_ROOT and no
+    $MMLIB_<NAME>_ROOT; the experiments then run on synthetic twins."""
+    if data_root is not None or os.environ.get("MMLIB_DATA_ROOT"):
+        return False
+    return not any(os.environ.get(f"MMLIB_{n.upper()}_ROOT") for n in names)
+
+
 def _fail(path, msg):
     raise ManifestError(msg, path)
 
@@ -112,6 +137,20 @@ def _int_list(value, what, path) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         _fail(path, f"{what} must be a list of integers, got {value!r}")
     return tuple(value)
+
+
+def _confined(pattern: str, what: str, path, per_case: bool = False) -> str:
+    """`pattern` if it stays inside the root folder (relative, no '..'), else ManifestError."""
+    text = pattern.strip()
+    if not text:
+        _fail(path, f"{what} is empty")
+    if text.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", text):
+        _fail(path, f"{what} {pattern!r} is absolute; patterns are relative to the database's root folder")
+    if ".." in re.split(r"[/\\]+", text):
+        _fail(path, f"{what} {pattern!r} climbs out of the root folder with '..'")
+    if per_case and "{case}" not in text and "{name}" not in text:
+        _fail(path, f"{what} {pattern!r} names the same file for every case; use {{case}} or {{name}}")
+    return pattern
 
 
 def _parse_layout(raw, path, n_modalities) -> Layout:
@@ -129,8 +168,9 @@ def _parse_layout(raw, path, n_modalities) -> Layout:
             canon = [canonical_modality(c) for c in channels]
         except MMLibError as exc:
             _fail(path, f"layout.channels: {exc.problem}")
-        return Layout(kind="msd4d", images_dir=str(raw.get("images", "imagesTr")),
-                      labels_dir=str(raw.get("labels", "labelsTr")), channels=tuple(canon))
+        images_dir = _confined(str(raw.get("images", "imagesTr")), "layout.images", path)
+        labels_dir = _confined(str(raw.get("labels", "labelsTr")), "layout.labels", path)
+        return Layout(kind="msd4d", images_dir=images_dir, labels_dir=labels_dir, channels=tuple(canon))
     if kind == "pattern":
         unknown = set(raw) - {"kind", "cases", "id", "images", "label"}
         if unknown:
@@ -140,6 +180,8 @@ def _parse_layout(raw, path, n_modalities) -> Layout:
             cases = [cases]
         if not isinstance(cases, list) or not cases or not all(isinstance(c, str) for c in cases):
             _fail(path, "layout.cases must be a glob or a list of globs")
+        for glob_ in cases:
+            _confined(glob_, "layout.cases", path)
         images = raw.get("images")
         if not isinstance(images, dict) or not images:
             _fail(path, "layout.images must map each modality to a file pattern")
@@ -153,13 +195,16 @@ def _parse_layout(raw, path, n_modalities) -> Layout:
                 _fail(path, f"layout.images: modality {canon} given twice")
             if not isinstance(pattern, str):
                 _fail(path, f"layout.images.{mod} must be a file pattern string")
-            canon_images[canon] = pattern
+            canon_images[canon] = _confined(pattern, f"layout.images.{mod}", path, per_case=True)
         label = raw.get("label")
         if label is not None and not isinstance(label, str):
             _fail(path, "layout.label must be a file pattern string")
+        if label is not None:
+            _confined(label, "layout.label", path, per_case=True)
         id_re = raw.get("id")
+        if id_re is not None and not isinstance(id_re, str):
+            _fail(path, "layout.id must be a regular expression string")
         if id_re is not None:
-            import re
             try:
                 re.compile(id_re)
             except re.error as exc:
@@ -236,14 +281,20 @@ def load_manifest(path: str | Path) -> DatabaseManifest:
     p = Path(path)
     if not p.suffix and not p.exists():
         p = manifest_dir() / f"{path}.yaml"
-    if not p.is_file():
-        raise ManifestError("manifest file not found", p)
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"not valid YAML: {exc}", p) from None
+        text = p.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ManifestError("manifest file not found", p) from None
+    except IsADirectoryError:
+        raise ManifestError("is a folder, not a manifest file", p) from None
+    except PermissionError:
+        raise ManifestError("permission denied: cannot read the manifest", p) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read: {exc}", p) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not valid YAML: {exc}", p) from None
     return parse_manifest(raw, p)
 
 
@@ -255,7 +306,7 @@ def manifest_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data_manifests"
 
 
-#: The paper's databases, training ones first (Table 1 order of PAPER.md).
+#: The paper's databases, training ones first (in the order of the paper's Table 1).
 TRAINING_DATABASES = ("BRATS", "ATLAS", "MSSEG", "TBI", "WMH")
 EVALUATION_DATABASES = ("ISLES", "TUMOR2")
 ALL_DATABASES = TRAINING_DATABASES + EVALUATION_DATABASES

@@ -1,9 +1,11 @@
 """Preprocessing: one RAS grid, a brain mask, z-scores inside the brain, merged labels, a cache.
 
-Every case of every database ends the same way (PAPER.md, Methods): all modalities and the
+Every case of every database ends the same way (the paper, Methods): all modalities and the
 label on one isotropic grid, intensities z-scored inside the brain and 0 outside, the volume
-cropped to the brain, labels merged to 0 / 1 / IGNORE. `prepare_database` caches each case as
-a compressed .npz keyed by the manifest, the spacing and PREPROCESS_VERSION.
+cropped to the brain, labels merged to 0 / 1 / IGNORE. Label values the manifest does not name
+are refused, as `mmlib check` reports them. `prepare_database` caches each case as a compressed
+.npz in a folder keyed by the manifest, the spacing, the resolved root and PREPROCESS_VERSION; each
+entry records its input files' size and mtime, and a case whose inputs changed is prepared again.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,7 +23,10 @@ import numpy as np
 from scipy import ndimage
 
 from mmlib.data.cases import IGNORE, PreparedCase, RawCase
+from mmlib.data.identity import case_sources, changed_files, manifest_content
+from mmlib.data.validate import label_value_problem
 from mmlib.errors import ImageReadError, MMLibError
+from mmlib.io import atomic_open, clean_stale_temps
 
 #: Bump whenever the output of `prepare_case` changes: it invalidates every cache entry.
 PREPROCESS_VERSION = 1
@@ -33,6 +36,10 @@ CROP_MARGIN = 2
 
 class PreprocessError(MMLibError):
     """A case cannot be preprocessed (empty brain mask, non-finite values) or a cache entry is bad."""
+
+
+class DataChangedWarning(UserWarning):
+    """A cached case's input files changed since it was prepared: it is prepared again."""
 
 
 # --------------------------------------------------------------------------- grid and resampling
@@ -214,6 +221,9 @@ def prepare_case(manifest, raw: RawCase, spacing_mm: float) -> PreparedCase:
         label_values = np.asarray(lab.dataobj, dtype=np.float32)
         if not np.isfinite(label_values).all():
             raise ImageReadError("label holds non-finite values (NaN or inf)", files.label)
+        problem = label_value_problem(manifest, label_values)
+        if problem:  # never train on values the manifest does not name as background
+            raise ImageReadError(f"{case}: {problem}", files.label)
         label = _resample_label(_merge_labels(label_values, manifest), lab.affine, shape, affine)
 
     if manifest.brain_mask == "template":
@@ -245,10 +255,11 @@ def prepare_case(manifest, raw: RawCase, spacing_mm: float) -> PreparedCase:
 
 # --------------------------------------------------------------------------- cache
 
-def cache_key(manifest, spacing_mm: float) -> str:
-    """Short hash of the manifest's content, the spacing and PREPROCESS_VERSION."""
-    content = manifest.raw or {k: v for k, v in vars(manifest).items() if k not in ("raw", "path")}
-    blob = json.dumps([content, float(spacing_mm), PREPROCESS_VERSION], sort_keys=True, default=str)
+def cache_key(manifest, spacing_mm: float, root: str | Path | None = None) -> str:
+    """Short hash of the manifest's content, the spacing, PREPROCESS_VERSION and the resolved root."""
+    where = None if root is None else str(Path(root).resolve())
+    blob = json.dumps([manifest_content(manifest), float(spacing_mm), PREPROCESS_VERSION, where],
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -266,19 +277,13 @@ def _write_npz(fh, arrays: dict) -> None:
 
 def save_cached_case(case: PreparedCase, path: str | Path) -> None:
     """Write `case` to `path` (.npz) atomically: a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _write_npz(fh, dict(
-                image=case.image, label=case.label, brain=case.brain,
-                spacing=np.asarray(case.spacing, np.float64), modalities=np.asarray(case.modalities, str),
-                database=np.asarray(case.database), case_id=np.asarray(case.case_id)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    arrays = dict(image=case.image, label=case.label, brain=case.brain,
+                  spacing=np.asarray(case.spacing, np.float64), modalities=np.asarray(case.modalities, str),
+                  database=np.asarray(case.database), case_id=np.asarray(case.case_id))
+    if case.sources is not None:
+        arrays["sources"] = np.asarray(json.dumps(case.sources, sort_keys=True))
+    with atomic_open(path, "wb") as fh:
+        _write_npz(fh, arrays)
 
 
 def load_cached_case(path: str | Path) -> PreparedCase:
@@ -288,12 +293,16 @@ def load_cached_case(path: str | Path) -> PreparedCase:
             case = PreparedCase(
                 database=str(z["database"]), case_id=str(z["case_id"]),
                 modalities=tuple(str(m) for m in z["modalities"]), image=z["image"],
-                label=z["label"], brain=z["brain"], spacing=tuple(float(s) for s in z["spacing"]))
+                label=z["label"], brain=z["brain"], spacing=tuple(float(s) for s in z["spacing"]),
+                sources=json.loads(str(z["sources"])) if "sources" in z.files else None)
+    except PermissionError:
+        raise PreprocessError("permission denied: cannot read the cache entry", path) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise PreprocessError(f"corrupt cache entry: {exc}", path) from None
     ok = (case.image.ndim == 4 and case.image.shape[0] == len(case.modalities)
           and case.image.shape[1:] == case.label.shape == case.brain.shape
-          and case.image.dtype == np.float32 and case.label.dtype == np.uint8 and case.brain.dtype == bool)
+          and case.image.dtype == np.float32 and case.label.dtype == np.uint8 and case.brain.dtype == bool
+          and (case.sources is None or isinstance(case.sources, dict)))
     if not ok:
         raise PreprocessError("corrupt cache entry: arrays do not fit together", path)
     return case
@@ -307,26 +316,39 @@ def _readers():
 def prepare_database(manifest, root, spacing_mm: float, cache_dir, progress: bool = True) -> list[PreparedCase]:
     """Every case of a database, prepared; cached in cache_dir/<NAME>/<key>/<case>.npz.
 
-    A changed manifest, spacing or PREPROCESS_VERSION gives a new key; corrupt entries are
-    recomputed. `root` None resolves through the manifest; `cache_dir` None disables caching.
+    A changed manifest, spacing, root or PREPROCESS_VERSION gives a new key; an entry whose
+    input files changed (size or mtime) is prepared again (with a DataChangedWarning naming
+    them), a corrupt one too. Every case is validated as `mmlib check` would (bad label values
+    refused). `root` None resolves through the manifest; `cache_dir` None disables caching.
     """
     from tqdm.auto import tqdm
 
     find_cases, read_case = _readers()
     root = manifest.resolve_root(root)
-    folder = None if cache_dir is None else Path(cache_dir) / manifest.name / cache_key(manifest, spacing_mm)
+    folder = None
+    if cache_dir is not None:
+        folder = Path(cache_dir) / manifest.name / cache_key(manifest, spacing_mm, root)
+        clean_stale_temps(folder, recursive=False)  # left by a killed run
     prepared = []
     for files in tqdm(find_cases(manifest, root), desc=f"prepare {manifest.name}", disable=not progress):
+        # Stats before reading: a file changed while being read is caught by the next run.
+        sources = case_sources(files, root)
         entry = None if folder is None else folder / f"{safe_name(files.case_id)}.npz"
         if entry is not None and entry.is_file():
             try:
                 case = load_cached_case(entry)
                 if case.case_id == files.case_id and case.modalities == tuple(manifest.modalities):
-                    prepared.append(case)
-                    continue
+                    if case.sources == sources:
+                        prepared.append(case)
+                        continue
+                    if case.sources is not None:
+                        warnings.warn(DataChangedWarning(
+                            f"{manifest.name} case {files.case_id}: {', '.join(changed_files(case.sources, sources))} "
+                            f"changed since it was prepared; preparing it again"), stacklevel=2)
             except PreprocessError:
                 pass  # recomputed and overwritten below
         case = prepare_case(manifest, read_case(manifest, files), spacing_mm)
+        case.sources = sources
         if entry is not None:
             save_cached_case(case, entry)
         prepared.append(case)

@@ -3,13 +3,17 @@
 Two layout kinds (see mmlib.data.manifest): `pattern` (one folder per case, globs for its files)
 and `msd4d` (Medical Segmentation Decathlon: one 4D file per case, labels beside).
 Hidden names (macOS `._*` twins, `.DS_Store`, temporary files) are never cases or case files.
+One file matched by several cases (or modalities) is a problem of each, like a missing file;
+a folder that cannot be listed is reported as a permission problem, not as 'no file matches'.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 import re
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Sequence, TypeVar
 
@@ -19,10 +23,12 @@ from mmlib.data.cases import CaseFiles, RawCase
 from mmlib.data.manifest import DatabaseManifest
 from mmlib.data.modalities import canonical_modality
 from mmlib.data.nifti import load_channels, load_label, load_volume
+from mmlib.data.validate import case_problems
 from mmlib.errors import ImageReadError, LayoutError, MMLibError
 
 NO_MATCH = "no file matches the pattern"
 SEVERAL = "several files match the pattern"
+SHARED = "the same file is also"
 LABEL = "label"  # key of the label in CaseFiles.problems
 
 
@@ -45,8 +51,42 @@ def _glob(root: Path, pattern: str, dirs: bool) -> list[str]:
 def _require_root(manifest: DatabaseManifest, root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
+        if root.exists():
+            raise LayoutError(f"release folder of {manifest.name} is not a folder", root)
         raise LayoutError(f"release folder of {manifest.name} not found", root)
+    try:
+        with os.scandir(root):
+            pass
+    except PermissionError:
+        raise LayoutError(f"permission denied: cannot list the release folder of {manifest.name}", root) from None
     return root
+
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def _access_problem(root: Path, rel_pattern: str) -> str | None:
+    """Why a pattern may have matched nothing although files exist: a folder on its literal
+    path (up to the first wildcard) that cannot be searched or listed; None if there is none."""
+    here = root
+    for part in PurePosixPath(rel_pattern).parts:
+        try:
+            with os.scandir(here):
+                pass
+        except PermissionError:
+            return f"permission denied: cannot list {here}"
+        except OSError:
+            return None
+        if _MAGIC.search(part):
+            return None
+        here = here / part
+        try:
+            here.stat()
+        except PermissionError:
+            return f"permission denied: cannot reach {here}"
+        except OSError:
+            return None
+    return None
 
 
 def _fill(pattern: str, case: str, name: str, escape: bool) -> str:
@@ -62,8 +102,32 @@ def _match_one(root: Path, pattern: str, case: str, name: str) -> tuple[Path | N
         return root / hits[0], None
     expected = str(root / _fill(pattern, case, name, escape=False))
     if not hits:
-        return None, (expected, NO_MATCH)
+        return None, (expected, _access_problem(root, _fill(pattern, case, name, escape=True)) or NO_MATCH)
     return None, (expected, f"{SEVERAL}: {', '.join(hits)}")
+
+
+def _flag_shared_files(cases: list[CaseFiles]) -> list[CaseFiles]:
+    """The cases with every file that several cases or modalities point at made a problem of
+    each (one file cannot be two cases' data: a pattern ignoring {case}, or a duplicated case)."""
+    users: dict[str, list[tuple[int, str]]] = {}
+    for i, case in enumerate(cases):
+        for key, path in (*case.images.items(), (LABEL, case.label)):
+            if path is not None:
+                users.setdefault(os.path.normpath(path), []).append((i, key))
+    out = list(cases)
+    for path, uses in users.items():
+        if len(uses) < 2:
+            continue
+        for i, key in uses:
+            others = [f"{k} of this case" if j == i else f"{k} of case {cases[j].case_id}"
+                      for j, k in uses if (j, k) != (i, key)]
+            case = out[i]
+            problems = {**case.problems, key: (path, f"{SHARED} {', '.join(others)}")}
+            if key == LABEL:
+                out[i] = replace(case, label=None, problems=problems)
+            else:
+                out[i] = replace(case, images={**case.images, key: None}, problems=problems)
+    return out
 
 
 def _pattern_cases(manifest: DatabaseManifest, root: Path) -> list[CaseFiles]:
@@ -93,7 +157,7 @@ def _pattern_cases(manifest: DatabaseManifest, root: Path) -> list[CaseFiles]:
             if problem:
                 problems[LABEL] = problem
         cases.append(CaseFiles(manifest.name, cid, images, label, None, problems))
-    return cases
+    return _flag_shared_files(cases)
 
 
 def check_dataset_json(manifest: DatabaseManifest, root: str | Path) -> None:
@@ -124,8 +188,12 @@ def _msd_cases(manifest: DatabaseManifest, root: Path) -> list[CaseFiles]:
     if not images_dir.is_dir():
         raise LayoutError(f"folder of images ({layout.images_dir}) not found", images_dir)
     channel_index = {mod: layout.channels.index(mod) for mod in manifest.modalities}
+    try:
+        listing = sorted(images_dir.iterdir())
+    except PermissionError:
+        raise LayoutError("permission denied: cannot list the folder of images", images_dir) from None
     cases = []
-    for path in sorted(images_dir.iterdir()):
+    for path in listing:
         if path.name.startswith(".") or not path.is_file():
             continue
         if path.name.endswith(".nii.gz"):
@@ -137,7 +205,8 @@ def _msd_cases(manifest: DatabaseManifest, root: Path) -> list[CaseFiles]:
         label = root / layout.labels_dir / path.name
         problems = {}
         if not label.is_file():
-            problems[LABEL] = (str(label), NO_MATCH)
+            rel = f"{layout.labels_dir}/{glob.escape(path.name)}"
+            problems[LABEL] = (str(label), _access_problem(root, rel) or NO_MATCH)
             label = None
         cases.append(CaseFiles(manifest.name, cid, {m: path for m in manifest.modalities}, label,
                                dict(channel_index), problems))
@@ -161,16 +230,18 @@ def find_cases(manifest: DatabaseManifest, root: str | Path, check_json: bool = 
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def read_case(manifest: DatabaseManifest, case_files: CaseFiles) -> RawCase:
+def read_case(manifest: DatabaseManifest, case_files: CaseFiles, validate: bool = True) -> RawCase:
     """Load a case's modalities (canonical names, manifest order) as 3D float32 images and its label.
 
-    Raises LayoutError (naming the case and the pattern) if a modality's file was not found
-    uniquely, or several labels matched; ImageReadError for an unreadable file. No label -> None.
+    Raises LayoutError (naming the file and the pattern) if a modality's file was not found
+    uniquely, or a label matched several files or is shared with another case; ImageReadError
+    for an unreadable file and, with `validate`, for any problem `mmlib check` reports of the
+    loaded case (empty image, label values the manifest does not name, ...). No label -> None.
     """
     cid = case_files.case_id
     for key in (*manifest.modalities, LABEL):
         expected, problem = case_files.problems.get(key, (None, None))
-        if problem and (key != LABEL or problem.startswith(SEVERAL)):
+        if problem and (key != LABEL or problem != NO_MATCH):
             raise LayoutError(f"case {cid}: {key}: {problem}", expected)
     images = {}
     if case_files.channel_index is not None:
@@ -189,7 +260,14 @@ def read_case(manifest: DatabaseManifest, case_files: CaseFiles) -> RawCase:
         for mod in manifest.modalities:
             images[mod] = load_volume(case_files.images[mod])
     label = load_label(case_files.label) if case_files.label is not None else None
-    return RawCase(files=case_files, images=images, label=label)
+    raw = RawCase(files=case_files, images=images, label=label)
+    if validate:
+        problems = case_problems(manifest, raw)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise ImageReadError(f"case {cid}: {problems[0].problem}{more}; `mmlib check {manifest.name}` "
+                                 f"lists every problem of the database", problems[0].file)
+    return raw
 
 
 T = TypeVar("T")

@@ -1,24 +1,35 @@
 """Checkpoints: written atomically, read with `weights_only=True` (no arbitrary pickle code).
 
 A checkpoint is a plain dict of tensors, str, int, float, bool, None, lists, tuples and dicts.
-Numpy arrays (e.g. inside a numpy RNG state) are stored as tensors and restored on load.
+Numpy arrays (e.g. inside a numpy RNG state) are stored as tensors and restored on load. A
+checkpoint's model config is validated (types, ranges) before any network is built from it.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmlib.errors import CheckpointError
+from mmlib.errors import CheckpointError, MMLibError
+from mmlib.io import atomic_open
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model", "step", "config", "channel_map")
 _NDARRAY = "__ndarray__"
+#: Architectures `load_model` can rebuild (mmlib.models.build_model).
+KNOWN_ARCHS = ("multiunet", "lfunet", "mafunet", "progressive")
+#: Largest width multiplier believed (1 = the paper's network; 4 is already 16x its weights).
+MAX_WIDTH = 4.0
+#: Most modality channels a model may take (the seven databases hold 13 modalities).
+MAX_IN_CHANNELS = 64
+#: Default wall-clock seconds between two checkpoints of a run ($MMLIB_CHECKPOINT_SECONDS).
+CHECKPOINT_SECONDS = 120.0
 
 
 def to_plain(obj):
@@ -49,21 +60,48 @@ def from_plain(obj):
 def atomic_save(obj: dict, path: str | Path) -> Path:
     """torch.save `obj` to a temporary file next to `path`, then rename it over `path`.
 
-    A crash or interrupt leaves either the old file or the new one, never half of one.
+    A crash or interrupt leaves either the old file or the new one, never half of one; the
+    file's mode follows the umask (mmlib.io).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_open(path, "wb", durable=True) as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def checkpoint_seconds() -> float:
+    """Seconds between checkpoints: $MMLIB_CHECKPOINT_SECONDS if set, else CHECKPOINT_SECONDS."""
+    env = os.environ.get("MMLIB_CHECKPOINT_SECONDS")
+    if not env:
+        return CHECKPOINT_SECONDS
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        value = float(env)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise MMLibError(f"MMLIB_CHECKPOINT_SECONDS must be a positive number of seconds, got {env!r}")
+    return value
+
+
+class CheckpointSchedule:
+    """When a training run writes its resumable checkpoint: once `seconds` of wall time passed
+    since the last one (default checkpoint_seconds()), or every `steps` steps if given, so a
+    kill loses at most that much work whatever a step costs."""
+
+    def __init__(self, seconds: float | None = None, steps: int | None = None, clock=time.monotonic):
+        self.seconds = checkpoint_seconds() if seconds is None else float(seconds)
+        self.steps = steps
+        self.clock = clock
+        self.last = clock()
+
+    def due(self, done: int) -> bool:
+        """True if a checkpoint should be written after `done` steps."""
+        if self.steps and done % self.steps == 0:
+            return True
+        return self.clock() - self.last >= self.seconds
+
+    def saved(self) -> None:
+        """Note that a checkpoint was just written."""
+        self.last = self.clock()
 
 
 def save_checkpoint(
@@ -102,10 +140,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Numpy arrays stored by `to_plain` come back as numpy arrays (in 'rng', 'extra', 'config').
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.stat() and path.is_file()
+    except PermissionError:
+        raise CheckpointError("permission denied: a folder on the path cannot be searched", path) from None
+    except OSError:
+        is_file = False
+    if not is_file:
         raise CheckpointError("checkpoint file does not exist", path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise CheckpointError("permission denied: cannot read the checkpoint", path) from None
     except Exception as err:  # truncated zip, not a torch file, disallowed pickle globals...
         raise CheckpointError(f"cannot read checkpoint ({type(err).__name__}: {err})", path) from err
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
@@ -116,6 +162,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     for key in ("scheduler", "config", "channel_map", "rng", "extra"):
         state[key] = from_plain(state.get(key))
+    step = state["step"]
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise CheckpointError(f"'step' must be a non-negative integer, got {step!r}", path)
+    if not isinstance(state["config"], dict) or not isinstance(state["channel_map"], dict):
+        raise CheckpointError("'config' and 'channel_map' must be mappings", path)
+    if not isinstance(state["model"], dict):
+        raise CheckpointError("'model' must be a mapping of parameter names to tensors", path)
     return state
 
 
@@ -127,6 +180,30 @@ def load_weights(model: nn.Module, state: dict, path: str | Path) -> None:
         raise CheckpointError(f"checkpoint does not fit the model: {err}", path) from err
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_model_config(config, path: str | Path | None = None) -> dict:
+    """Check a checkpoint's model config before a network is built from it: 'arch' one of
+    KNOWN_ARCHS, 'width' a number in (0, MAX_WIDTH], 'in_channels' (if set) an integer in
+    1..MAX_IN_CHANNELS. Returns the config; CheckpointError naming the file otherwise."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"config must be a mapping, got {type(config).__name__}", path)
+    arch = config.get("arch")
+    if not isinstance(arch, str) or arch.lower() not in KNOWN_ARCHS:
+        raise CheckpointError(f"config 'arch' must be one of {', '.join(KNOWN_ARCHS)}, got {arch!r}", path)
+    width = config.get("width")
+    if not _is_number(width) or not 0 < width <= MAX_WIDTH:
+        raise CheckpointError(f"config 'width' must be a number in (0, {MAX_WIDTH:g}], got {width!r}", path)
+    channels = config.get("in_channels")
+    if channels is not None and not (isinstance(channels, int) and not isinstance(channels, bool)
+                                     and 1 <= channels <= MAX_IN_CHANNELS):
+        raise CheckpointError(f"config 'in_channels' must be an integer in 1..{MAX_IN_CHANNELS}, "
+                              f"got {channels!r}", path)
+    return config
+
+
 def _in_channels(config: dict, channel_map: dict, path: Path) -> int:
     """The model's input channel count, from the config or else from the channel map."""
     if config.get("in_channels"):
@@ -134,22 +211,27 @@ def _in_channels(config: dict, channel_map: dict, path: Path) -> int:
     from mmlib.data.loaders import ChannelMap  # lazily: only needed for old configs
 
     try:
-        return len(ChannelMap.from_dict(channel_map))
+        n = len(ChannelMap.from_dict(channel_map))
     except Exception as err:
         raise CheckpointError(f"cannot tell the model's input channels: {err}", path) from err
+    if not 1 <= n <= MAX_IN_CHANNELS:
+        raise CheckpointError(f"channel map holds {n} channels; a model takes 1..{MAX_IN_CHANNELS}", path)
+    return n
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """Rebuild the trained model of a checkpoint -> (model in eval mode on `device`, channel map
-    dict, config). `device` may be 'auto' (the GPU when there is one)."""
+    dict, config). `device` may be 'auto' (the GPU when there is one). The config is validated
+    (validate_model_config) before the network is built."""
     from mmlib.engine.device import pick_device
     from mmlib.models import build_model
 
     path = Path(path)
     state = load_checkpoint(path, map_location="cpu")
     config, channel_map = state["config"], state["channel_map"]
-    if "arch" not in config or "width" not in config:
+    if not isinstance(config, dict) or "arch" not in config or "width" not in config:
         raise CheckpointError("config lacks 'arch' or 'width'; cannot rebuild the model", path)
-    model = build_model(config["arch"], _in_channels(config, channel_map, path), config["width"])
+    validate_model_config(config, path)
+    model = build_model(config["arch"], _in_channels(config, channel_map, path), float(config["width"]))
     load_weights(model, state, path)
     return model.to(pick_device(device)).eval(), channel_map, config

@@ -5,10 +5,17 @@ modality set as the real one, case counts in the paper's proportions (preset syn
 x the paper's count, clamped to [min_cases, max_cases]) and the file layout its manifest
 describes. Every database's scanner, grid, orientation and lesion model parameters are data:
 the `synth:` section of its manifest. Same seed -> byte-identical files.
+
+A twin's folder carries a marker written before its first file ("writing") and rewritten after
+its last ("complete"), so a run killed half-way is recognised and resumed (or restarted when the
+settings differ); folders without the marker are never touched.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from mmlib.data.synth.fields import smooth_noise
 from mmlib.data.synth.io import write_json, write_nifti
 from mmlib.data.synth.pathology import MODELS, PLANS
 from mmlib.errors import MMLibError
+from mmlib.io import OutLock, atomic_write_json, clean_stale_temps, is_temp_file, prepare_out_dir, read_json
 from mmlib.presets import Preset, load_preset
 
 
@@ -244,24 +252,65 @@ def _write_dataset_json(manifest: DatabaseManifest, root: Path, n_cases: int) ->
 
 #: Hidden file marking a folder as a twin written here (readers skip hidden names).
 MARKER = ".mmlib_synth.json"
+#: Hidden file in a folder of twins made by `ensure_twins`: the settings they were made with.
+TWINS_MARKER = ".mmlib-twins.json"
+#: Bump when the generator's output changes: twins of another version are made again.
+SYNTH_VERSION = 1
 
 
-def _fresh_root(root: Path) -> None:
-    """Empty a twin's folder from an earlier run (a smaller rerun must not leave extra cases);
-    refuse to touch a non-empty folder that is not a twin."""
-    if root.exists() and any(root.iterdir()):
-        if not (root / MARKER).is_file():
-            raise MMLibError("folder exists and is not a synthetic twin written by mmlib; "
-                             "choose another --out", root)
-        shutil.rmtree(root)
+def _plain(obj):
+    """`obj` as it reads back from JSON (tuples -> lists), for comparing with a marker."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _twin_params(name: str, p: Preset, seed: int, n: int, voxel_mm: float) -> dict:
+    return _plain({"database": name, "preset": p.name, "synth": p.synth, "seed": seed, "cases": n,
+                   "voxel_mm": voxel_mm, "version": SYNTH_VERSION})
+
+
+def twin_state(root: str | Path) -> tuple[str, dict | None]:
+    """(state, marker) of a twin's folder. state: 'absent' (no folder, or only temporary files
+    of a killed run), 'writing' (interrupted), 'complete', 'damaged' (our marker, unreadable),
+    'foreign' (a folder or file mmlib did not write). Markers of older mmlib, written after the
+    last file, count as complete."""
+    root = Path(root)
+    if not root.exists():
+        return "absent", None
+    if not root.is_dir():
+        return "foreign", None
+    if (root / MARKER).exists():
+        info = read_json(root / MARKER)
+        if not isinstance(info, dict):
+            return "damaged", None
+        state = info.get("state", "complete")
+        return (state if state in ("writing", "complete") else "damaged"), info
+    if any(not is_temp_file(e.name) for e in root.iterdir()):
+        return "foreign", None
+    return "absent", None
+
+
+def _remove_twin(root: Path) -> None:
+    """Delete a twin's folder: renamed to a hidden name first, so a kill during the deletion
+    leaves hidden litter (removed by the next run) instead of a half folder without its marker."""
+    trash = root.with_name(f".{root.name}.deleting-{os.getpid()}-{secrets.token_hex(4)}")
+    os.rename(root, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _case_written(manifest: DatabaseManifest, root: Path, index: int, n: int) -> bool:
+    # Every file is written atomically, so a file that exists is whole.
+    return all((root / rel).is_file() for rel in case_paths(manifest, index, n).values())
 
 
 def make_twins(out_dir: str | Path, preset: str | Preset = "quick", seed: int = 0,
-               databases: Iterable[str] | None = None, progress: bool = True) -> dict[str, Path]:
+               databases: Iterable[str] | None = None, progress: bool = True,
+               reuse: bool = False) -> dict[str, Path]:
     """Write the synthetic twins: out_dir/<NAME>/ in each database's release layout.
 
-    Returns {name: root folder}. A twin from an earlier run in the same place is replaced;
-    files are written atomically.
+    Returns {name: root folder}. A twin interrupted with the same settings is resumed, one with
+    other settings restarted; a complete twin is replaced (kept when `reuse` and its settings
+    match). A folder mmlib did not write is refused (MMLibError). Files are written atomically
+    under a lock on out_dir (mmlib.io.OutLock).
     """
     from tqdm.auto import tqdm
 
@@ -269,27 +318,63 @@ def make_twins(out_dir: str | Path, preset: str | Preset = "quick", seed: int = 
     names = list(databases or ALL_DATABASES)
     counts = synth_case_counts(p, names)
     voxel_mm = float(p.synth.get("voxel_mm", 2.0))
-    out_dir = Path(out_dir)
+    out_dir = prepare_out_dir(out_dir)
     roots = {}
-    bar = tqdm(total=sum(counts.values()), desc="synthetic twins", unit="case", disable=not progress)
-    for name in names:
-        manifest = load_manifest(manifest_dir() / f"{name}.yaml")
-        root = out_dir / name
-        _fresh_root(root)
-        n = counts[name]
-        scanners = site_scanners(manifest, seed)
-        for i in range(n):
-            bar.set_postfix_str(name)
-            case = generate_case(manifest, voxel_mm, seed, i, n, scanners)
-            write_case(manifest, case, root, i, n)
-            bar.update()
-        if manifest.layout.kind == "msd4d":
-            _write_dataset_json(manifest, root, n)
-        write_json(root / MARKER, {"database": name, "preset": p.name, "seed": seed, "cases": n,
-                                   "voxel_mm": voxel_mm})
-        roots[name] = root
-    bar.close()
+    with OutLock(out_dir):
+        (out_dir / TWINS_MARKER).unlink(missing_ok=True)  # ensure_twins rewrites it when done
+        clean_stale_temps(out_dir, recursive=False)
+        for trash in out_dir.glob(".*.deleting-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        bar = tqdm(total=sum(counts.values()), desc="synthetic twins", unit="case", disable=not progress)
+        for name in names:
+            manifest = load_manifest(manifest_dir() / f"{name}.yaml")
+            root, n = out_dir / name, counts[name]
+            params = _twin_params(name, p, seed, n, voxel_mm)
+            state, info = twin_state(root)
+            if state == "foreign":
+                raise MMLibError("exists and is not a synthetic twin written by mmlib (it has no "
+                                 f"{MARKER}); choose another --out", root)
+            same = info is not None and {k: v for k, v in info.items() if k != "state"} == params
+            if state == "complete" and same and reuse:
+                roots[name] = root
+                bar.update(n)
+                continue
+            resume = state == "writing" and same
+            if resume:
+                clean_stale_temps(root)
+            elif root.exists():
+                _remove_twin(root)
+            write_json(root / MARKER, {"state": "writing", **params})
+            scanners = site_scanners(manifest, seed)
+            for i in range(n):
+                bar.set_postfix_str(name)
+                if not (resume and _case_written(manifest, root, i, n)):
+                    write_case(manifest, generate_case(manifest, voxel_mm, seed, i, n, scanners), root, i, n)
+                bar.update()
+            if manifest.layout.kind == "msd4d":
+                _write_dataset_json(manifest, root, n)
+            write_json(root / MARKER, {"state": "complete", **params})
+            roots[name] = root
+        bar.close()
     return roots
+
+
+def ensure_twins(out_dir: str | Path, preset: str | Preset = "quick", seed: int = 0,
+                 progress: bool = True) -> Path:
+    """The seven twins in out_dir, made unless the same ones are complete there; returns out_dir.
+
+    An interrupted run is resumed, a damaged or truncated marker means 'make again', and the
+    marker of the whole set (TWINS_MARKER) is written atomically once every twin is complete.
+    """
+    p = _preset(preset)
+    out_dir = Path(out_dir)
+    want = _plain({"preset": p.name, "seed": seed, "synth": p.synth})
+    if read_json(out_dir / TWINS_MARKER) == want and all(
+            twin_state(out_dir / name)[0] == "complete" for name in ALL_DATABASES):
+        return out_dir
+    make_twins(out_dir, preset=p, seed=seed, progress=progress, reuse=True)
+    atomic_write_json(out_dir / TWINS_MARKER, want)
+    return out_dir
 
 
 def main(out: str | Path, preset: str = "quick", seed: int = 0, databases: Iterable[str] | None = None) -> dict[str, Path]:
