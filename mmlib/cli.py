@@ -77,12 +77,24 @@ def _cmd_check(args) -> int:
     return 2 if report.problems else 0
 
 
+@contextlib.contextmanager
+def _claimed_out(path) -> Path:
+    """The --out folder made writable and locked for this run (a second run is told who holds it);
+    temporary files of a killed earlier run are removed first."""
+    from mmlib.io import OutLock, clean_stale_temps, prepare_out_dir
+
+    out = prepare_out_dir(path)
+    with OutLock(out):
+        clean_stale_temps(out)
+        yield out
+
+
 def _cmd_joint(args) -> int:
     from mmlib.experiments.joint import run_joint
 
-    summary = run_joint(Path(args.out), preset=args.preset, data_root=args.data_root,
-                        seed=args.seed, arch=args.arch, drop=not args.no_drop, device=args.device,
-                        steps=args.steps)
+    with _claimed_out(args.out) as out:
+        summary = run_joint(out, preset=args.preset, data_root=args.data_root, seed=args.seed, arch=args.arch,
+                            drop=not args.no_drop, device=args.device, steps=args.steps)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
@@ -90,8 +102,9 @@ def _cmd_joint(args) -> int:
 def _cmd_study(args) -> int:
     from mmlib.experiments.runner import run_study
 
-    timings = run_study(Path(args.out), preset=args.preset, data_root=args.data_root, device=args.device,
-                        notebooks=args.notebooks or None)
+    with _claimed_out(args.out) as out:
+        timings = run_study(out, preset=args.preset, data_root=args.data_root, device=args.device,
+                            notebooks=args.notebooks or None)
     total = sum(timings.values())
     print(f"study done in {total / 60:.1f} min; results, figures, executed notebooks, findings.json and report.md in {args.out}")
     findings = Path(args.out) / "findings.json"
@@ -110,7 +123,10 @@ def _cmd_reference(args) -> int:
     from mmlib.experiments.reference import save_reference
     from mmlib.experiments.study import Study
 
-    folder = save_reference(Study.open(Path(args.study)), args.name, args.wall_time)
+    from mmlib.io import OutLock
+
+    with OutLock(Path(args.study), what="the study folder"):
+        folder = save_reference(Study.open(Path(args.study)), args.name, args.wall_time)
     print(f"reference run {args.name} written to {folder}")
     return 0
 
@@ -141,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(or find it in OUT) and evaluate it")
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", default="runs/joint")
-    p.add_argument("--data-root", help="folder of the databases (default: synthetic twins made in OUT/data)")
+    p.add_argument("--data-root", help="folder holding the databases as NAME/ (default: $MMLIB_DATA_ROOT, else each "
+                   "$MMLIB_<NAME>_ROOT, else synthetic twins made in OUT/data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default="multiunet", choices=list(ARCHITECTURES))
     p.add_argument("--no-drop", action="store_true", help="train without random modality drop")
@@ -152,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run the study notebooks (00-04, 99) through papermill")
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", default="runs/study")
-    p.add_argument("--data-root", help="folder of the databases (default: synthetic twins made in OUT/data)")
+    p.add_argument("--data-root", help="folder holding the databases as NAME/ (default: $MMLIB_DATA_ROOT, else each "
+                   "$MMLIB_<NAME>_ROOT, else synthetic twins made in OUT/data)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
     p.set_defaults(func=_cmd_study)

@@ -535,3 +535,127 @@ def test_fault9_setup_installs_into_a_virtual_environment_not_the_system_python(
     again = subprocess.run(["bash", "scripts/setup.sh"], cwd=copy, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "already installed" in again.stdout
     assert (copy / ".venv" / "bin" / "mmlib").is_file()
+
+
+# --------------------------------------------------------------------------- 1, 3, 6, 7: the study commands
+JOINT = ["joint", "--preset", "smoke", "--steps", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def twins_root(tmp_path_factory) -> Path:
+    """The seven smoke twins, made once: copy it to get a data root to change."""
+    out = tmp_path_factory.mktemp("twins")
+    assert main("synth", "--preset", "smoke", "--out", out, "--quiet") == 0
+    return out
+
+
+def _copy(root: Path, to: Path) -> Path:
+    shutil.copytree(root, to)
+    return to
+
+
+def _models(out: Path) -> set[str]:
+    return {p.parent.name for p in out.glob("models/*/final.pt")}
+
+
+def _a_training_label(root: Path) -> Path:
+    return sorted((root / "WMH").rglob("wmh.nii.gz"))[0]
+
+
+def test_fault1_another_data_root_in_the_same_out_is_refused_not_answered_from_the_old_data(
+        tmp_path, twins_root, capsys):
+    a, b = _copy(twins_root, tmp_path / "a"), _copy(twins_root, tmp_path / "b")
+    out = tmp_path / "run"
+    assert main(*JOINT, "--out", out, "--data-root", a) == 0
+    summary = (next((out / "joint").iterdir()) / "summary.csv").read_text()
+    capsys.readouterr()
+    assert main(*JOINT, "--out", out, "--data-root", b) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: " in err and "use another --out" in err and "Traceback" not in err
+    assert (next((out / "joint").iterdir()) / "summary.csv").read_text() == summary  # nothing overwritten
+
+
+def test_fault1_a_changed_input_file_trains_a_new_model_not_the_old_answer(tmp_path, twins_root):
+    root = _copy(twins_root, tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(*JOINT, "--out", out, "--data-root", root) == 0
+    first = _models(out)
+    label = _a_training_label(root)
+    img = nib.load(label)
+    data = np.asarray(img.dataobj).copy()
+    data[data == 1] = 0  # a fixed label: this case has no lesion after all
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), label)
+    with pytest.warns(UserWarning, match="changed"):
+        assert main(*JOINT, "--out", out, "--data-root", root) == 0
+    assert len(_models(out)) == 2 and first < _models(out)  # retrained beside the old model
+
+
+def test_fault3_joint_refuses_a_label_check_flags_naming_the_file(tmp_path, twins_root, capsys):
+    root = _copy(twins_root, tmp_path / "data")
+    label = _a_training_label(root)
+    img = nib.load(label)
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 7  # the manifest names 0, 1 and 2
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), label)
+    assert main(*JOINT, "--out", tmp_path / "run", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert str(label) in err and "7" in err and "Traceback" not in err
+    assert not _models(tmp_path / "run")
+
+
+_HOLD = """
+import sys, time
+from mmlib.io import OutLock
+with OutLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_fault6_a_second_run_on_the_same_out_is_told_who_holds_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MMLIB_HELD_LOCKS"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(*JOINT, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and str(holder.pid) in err and "Traceback" not in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "models").exists()
+
+
+def test_fault6_a_rerun_without_drop_writes_beside_and_mmlib_data_root_is_honoured(tmp_path, twins_root,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("MMLIB_DATA_ROOT", str(_copy(twins_root, tmp_path / "data")))
+    out = tmp_path / "run"
+    assert main(*JOINT, "--out", out) == 0
+    assert main(*JOINT, "--out", out, "--no-drop") == 0
+    assert sorted(p.name.split("-s0-")[0] for p in (out / "joint").iterdir()) == ["MD-multiunet-drop",
+                                                                                   "MD-multiunet-nodrop"]
+    assert json.loads((out / "study.json").read_text())["data_root"] == str((tmp_path / "data").resolve())
+    assert not (out / "data").exists()  # no twins were made: the variable's data was used
+
+
+def test_fault7_joint_over_a_truncated_twin_marker_remakes_the_twins_without_a_traceback(tmp_path):
+    out = tmp_path / "run"
+    assert main(*JOINT, "--out", out) == 0
+    marker = out / "data" / ".mmlib-twins.json"
+    marker.write_text(marker.read_text()[:10])
+    assert main(*JOINT, "--out", out) == 0
+    assert json.loads(marker.read_text())["preset"] == "smoke"
+
+
+def test_fault7_a_truncated_notebook_stamp_means_run_it_again(tmp_path):
+    from mmlib.experiments.runner import run_study
+
+    out = tmp_path / "study"
+    run_study(out, "smoke", notebooks=["99_findings"], progress=False)
+    stamp = out / "notebooks" / "99_findings.done.json"
+    first = json.loads(stamp.read_text())["seconds"]
+    stamp.write_text(stamp.read_text()[:15])  # as a kill during a plain write left it
+    run_study(out, "smoke", notebooks=["99_findings"], progress=False)
+    assert json.loads(stamp.read_text())["seconds"] != first and (out / "findings.json").is_file()

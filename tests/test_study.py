@@ -164,15 +164,19 @@ def test_a_folder_of_another_layout_preset_or_data_is_refused_naming_it(tmp_path
     Study(tmp_path / "new", "smoke")
     with pytest.raises(MMLibError, match="preset 'smoke'"):
         Study(tmp_path / "new", "quick")
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(MMLibError, match="data_root"):
         Study(tmp_path / "new", "smoke", data_root=tmp_path / "elsewhere")
 
 
-def test_a_per_database_root_without_a_data_root_is_refused(tmp_path, monkeypatch):
+def test_a_per_database_root_is_honoured_and_twins_never_stand_in_for_the_others(tmp_path, monkeypatch):
     monkeypatch.delenv("MMLIB_DATA_ROOT", raising=False)
-    monkeypatch.setenv("MMLIB_WMH_ROOT", str(tmp_path))
-    with pytest.raises(MMLibError, match="MMLIB_WMH_ROOT"):
-        Study(tmp_path / "s", "smoke")
+    monkeypatch.setenv("MMLIB_WMH_ROOT", str(tmp_path / "wmh"))
+    study = Study(tmp_path / "s", "smoke", progress=False)
+    assert not study.twins
+    with pytest.raises(MMLibError, match="no root folder for database BRATS"):
+        study.databases(["BRATS"])
+    assert not (tmp_path / "s" / "data").exists()
 
 
 def test_mmlib_joint_and_the_studys_joint_model_are_one_model(tmp_path):

@@ -18,7 +18,6 @@ clauses as point values (it publishes no per-case results), as a check of the re
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,16 +325,13 @@ def findings_json(findings: dict[str, dict[str, Any]]) -> dict:
 def write_findings(results: pd.DataFrame, path: str | Path) -> Path:
     """Judge the findings and write them as JSON atomically; `path` is a .json file or a folder
     (then <path>/findings.json). Returns the file written."""
-    import os
+    from mmlib.io import atomic_write_json
 
     path = Path(path)
     if path.suffix != ".json":
         path = path / "findings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(findings_json(evaluate_findings(results)), indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, findings_json(evaluate_findings(results)))
 
 
 def _fmt(x) -> str:

@@ -7,8 +7,6 @@ found again by notebooks 02-04 and by `mmlib joint` when its identity matches.
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 
 from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
@@ -99,12 +97,12 @@ def baselines(study: Study, database: str, modality: str | None,
     database's test cases (the threshold learnt on its training cases; `modality` None: the best
     over all of its modalities, and no outlier rule); read back when saved."""
     from mmlib.engine.baselines import outlier_baseline, threshold_baseline
-    from mmlib.experiments.study import _read_rows
+    from mmlib.experiments.study import _read_rows, write_rows
 
     db = study.databases([database])[database]
     frames = []
     for kind in kinds if modality else ("threshold",):
-        key = short_hash({"db": db.data_id, "modality": modality, "cases": [c.case_id for c in db.test]})
+        key = short_hash({"train": db.train_id, "test": db.test_id, "modality": modality})
         path = study.out_dir / "evaluations" / f"rule-{kind}" / f"{database}-{modality or 'any'}-{key}.csv"
         if path.is_file():
             frames.append(_read_rows(path))
@@ -116,13 +114,10 @@ def baselines(study: Study, database: str, modality: str | None,
                                       ).assign(train_databases=database, labels="all")
         rows = rows.assign(model=f"{kind} rule", arch=kind, training="rule", drop=False, seed=0, method="",
                            held_out="", n_train_cases="", preset=study.preset.name, model_id=f"rule-{kind}",
-                           eval_settings=study.evaluation_settings(), eval_data_id=db.data_id,
+                           eval_settings=study.evaluation_settings(), eval_data_id=db.test_id,
                            all_modalities=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        rows.to_csv(tmp, index=False)
-        os.replace(tmp, path)
         frames.append(rows)
+        write_rows(rows, path)
     return pd.concat(frames, ignore_index=True)
 
 

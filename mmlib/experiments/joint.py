@@ -3,15 +3,14 @@ folder and rows), evaluated as notebook 02 evaluates it, beside the best thresho
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.experiments.grid import baselines, joint_jobs
-from mmlib.experiments.study import Study, as_preset
+from mmlib.experiments.study import Study, as_preset, write_rows
+from mmlib.io import atomic_path, atomic_write_json
 from mmlib.presets import JointVariant
 
 
@@ -54,19 +53,11 @@ def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch
     baseline = pd.concat([baselines(study, db, None) for db in TRAINING_DATABASES], ignore_index=True)
     summary = summarise(results, baseline)
     folder = study.out_dir / "joint" / study.model_dir(jobs[0].spec).name
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_csv(summary, folder / "summary.csv")
+    write_rows(summary, folder / "summary.csv")
     fig = plot_combination_dice(results, baseline)
-    fig.savefig(folder / "dice_by_modality_subset.png", dpi=120, bbox_inches="tight")
-    tmp = folder / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"preset": preset.name, "model": jobs[0].spec.name, "model_folder": folder.name,
-                               "arch": arch, "drop": drop, "seed": seed,
-                               "summary": summary.to_dict(orient="records")}, indent=2, default=float))
-    os.replace(tmp, folder / "summary.json")
+    with atomic_path(folder / "dice_by_modality_subset.png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    atomic_write_json(folder / "summary.json", {
+        "preset": preset.name, "model": jobs[0].spec.name, "model_folder": folder.name, "arch": arch, "drop": drop,
+        "seed": seed, "summary": summary.to_dict(orient="records")}, default=float)
     return summary
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)

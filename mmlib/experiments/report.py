@@ -5,7 +5,6 @@ under each), and every clause of F1-F6 with its effect, 95% interval and verdict
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -108,9 +107,7 @@ def write_report(study, provenance: dict | None = None) -> Path:
     reference runs beside them."""
     from mmlib.experiments.reference import reference_runs
 
-    path = Path(study.out_dir) / "report.md"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(study_report(study.out_dir, study.preset, study.results(), provenance=provenance,
-                                references=reference_runs()))
-    os.replace(tmp, path)
-    return path
+    from mmlib.io import atomic_write_text
+
+    return atomic_write_text(Path(study.out_dir) / "report.md", study_report(
+        study.out_dir, study.preset, study.results(), provenance=provenance, references=reference_runs()))

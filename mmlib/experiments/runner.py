@@ -7,7 +7,6 @@ A failing notebook stops the run, naming the notebook, the cell and the error.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
@@ -33,6 +32,7 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
 
     from mmlib.experiments.protocol import short_hash
     from mmlib.experiments.study import Study
+    from mmlib.io import atomic_write_json, read_json
     from mmlib.presets import load_preset
 
     out_dir = Path(out_dir).resolve()
@@ -50,7 +50,7 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
             raise MMLibError("notebook not found", src)
         dst = done_dir / f"{name}.ipynb"
         stamp = done_dir / f"{name}.done.json"
-        done = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        done = read_json(stamp, {})  # a truncated stamp means: not done
         if done.get("parameters") == params and done.get("preset_settings") == settings and dst.is_file():
             timings[name] = done["seconds"]
             print(f"[study] {name}: done earlier with the same parameters, kept")
@@ -66,15 +66,10 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
                              f"(executed copy kept; finished results are kept and a re-run resumes)",
                              dst) from None
         timings[name] = time.perf_counter() - t0
-        _write(stamp, json.dumps({"parameters": params, "preset_settings": settings, "seconds": timings[name]}))
-    _write(out_dir / "timings.json", json.dumps(timings, indent=2))
+        atomic_write_json(stamp, {"parameters": params, "preset_settings": settings, "seconds": timings[name]})
+    atomic_write_json(out_dir / "timings.json", timings)
     from mmlib.experiments.report import write_report
 
     write_report(study)
     return timings
 
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -37,17 +37,29 @@ EVALUATION_VERSION = 1
 
 @dataclass
 class Database:
-    """A prepared database: its manifest, release folder, train/test cases and data identity."""
+    """A prepared database: its manifest, release folder, train/test cases and the identity of each
+    set (what a model is trained on, what it is tested on: changing a test case retrains nothing)."""
 
     manifest: DatabaseManifest
     root: Path
     train: list
     test: list
-    data_id: str
+    train_id: str
+    test_id: str
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+
+def data_identity(manifest: DatabaseManifest, root: Path, cases: list) -> str:
+    """The identity of prepared cases: their input files' stats and root (recorded when prepared),
+    the manifest that read them and the preprocessing version."""
+    from mmlib.data.identity import cases_identity, manifest_content
+    from mmlib.data.preprocess import PREPROCESS_VERSION
+
+    return short_hash({"cases": cases_identity(cases, root), "manifest": manifest_content(manifest),
+                       "preprocess": PREPROCESS_VERSION})
 
 
 @dataclass(frozen=True)
@@ -72,20 +84,6 @@ def as_preset(preset: str | Preset) -> Preset:
     return preset if isinstance(preset, Preset) else load_preset(preset)
 
 
-def data_identity(manifest: DatabaseManifest, root: Path) -> str:
-    """A cheap fingerprint of a database's data: its resolved root, its manifest, and each input
-    file's path, size and modification time."""
-    from mmlib.data.readers import find_cases
-
-    entries = []
-    for case in find_cases(manifest, root):
-        files = [p for p in (*case.images.values(), case.label) if p is not None]
-        for p in sorted(set(files)):
-            st = Path(p).stat()
-            entries.append((str(Path(p).relative_to(root)), st.st_size, st.st_mtime_ns))
-    return short_hash({"root": str(Path(root).resolve()), "manifest": manifest.raw, "files": entries})
-
-
 def spec_from_dict(raw: dict) -> ModelSpec:
     """The ModelSpec that `dataclasses.asdict` wrote to a model's spec.json."""
     raw = dict(raw)
@@ -94,17 +92,11 @@ def spec_from_dict(raw: dict) -> ModelSpec:
     return ModelSpec(**raw)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @dataclass
 class Study:
-    """A study folder at one preset on one set of data (`data_root` None: $MMLIB_DATA_ROOT if set,
-    else the synthetic twins made once in out_dir/data). `seeds` None: the preset's; `processes`
+    """A study folder at one preset on one set of data. `data_root`: a folder holding <NAME>/ per
+    database; None: $MMLIB_DATA_ROOT, else each database's $MMLIB_<NAME>_ROOT, else (none of them
+    set) the synthetic twins made once in out_dir/data. `seeds` None: the preset's; `processes`
     None: the preset's."""
 
     out_dir: Path
@@ -119,15 +111,10 @@ class Study:
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
         self.preset = as_preset(self.preset)
-        if self.data_root is None and os.environ.get("MMLIB_DATA_ROOT"):
-            self.data_root = os.environ["MMLIB_DATA_ROOT"]
-        self.data_root = None if self.data_root is None else Path(self.data_root)
-        if self.data_root is None:
-            stray = sorted(k for k in os.environ if k.startswith("MMLIB_") and k.endswith("_ROOT") and os.environ[k])
-            if stray:
-                raise MMLibError(f"{', '.join(stray)} set, but a study reads all of its databases from one folder: "
-                                 f"set MMLIB_DATA_ROOT (or --data-root) to a folder holding <NAME>/ per database, "
-                                 f"or unset them to use the synthetic twins")
+        from mmlib.data.manifest import ALL_DATABASES, data_root_from_env, use_twins
+
+        self.data_root = data_root_from_env(self.data_root)
+        self.twins = self.data_root is None and use_twins(ALL_DATABASES)
         self.seeds = tuple(self.preset.seeds if self.seeds is None else self.seeds)
         if self.processes is None:
             self.processes = self.preset.train_processes
@@ -140,12 +127,14 @@ class Study:
         if not stamp.is_file():
             raise MMLibError("not a study folder (no study.json): run `mmlib study` or `mmlib joint` there first",
                              out_dir)
-        try:
-            have = json.loads(stamp.read_text())
-            return cls(Path(out_dir), have["preset"], data_root=have.get("data_root"), device=device,
-                       progress=progress)
-        except (OSError, ValueError, KeyError) as exc:
-            raise MMLibError(f"cannot read the study stamp ({exc})", stamp) from None
+        from mmlib.io import read_json
+
+        have = read_json(stamp, None)
+        if not isinstance(have, dict) or "preset" not in have:
+            raise MMLibError("cannot read the study stamp", stamp)
+        root = have.get("data_root")
+        return cls(Path(out_dir), have["preset"], data_root=root if isinstance(root, str) else None, device=device,
+                   progress=progress)
 
     # -- the folder ------------------------------------------------------------------------------
     @property
@@ -154,14 +143,14 @@ class Study:
 
     def _claim_folder(self) -> None:
         """Write study.json, or check that the folder holds a study of this layout, preset and data."""
+        from mmlib.io import atomic_write_json, read_json
+
         stamp = self.out_dir / "study.json"
-        want = {"layout": LAYOUT_VERSION, "preset": self.preset.name,
-                "data_root": None if self.data_root is None else str(self.data_root.resolve())}
+        want = {"layout": LAYOUT_VERSION, "preset": self.preset.name, "data_root": self._data_source()}
         if stamp.is_file():
-            try:
-                have = json.loads(stamp.read_text())
-            except (OSError, ValueError) as exc:
-                raise MMLibError(f"cannot read the study stamp ({exc}); delete it to start the study again", stamp)
+            have = read_json(stamp, None)
+            if not isinstance(have, dict):
+                raise MMLibError("cannot read the study stamp; delete it to start the study again", stamp)
             if have.get("layout") != LAYOUT_VERSION:
                 raise MMLibError(f"the folder holds a study of layout {have.get('layout')}, this mmlib writes "
                                  f"layout {LAYOUT_VERSION}; use another --out", self.out_dir)
@@ -174,7 +163,18 @@ class Study:
         if older:
             raise MMLibError(f"the folder holds {' and '.join(older)} of an older mmlib layout (no study.json); "
                              f"they cannot be mixed with this version's: use another --out", self.out_dir)
-        _write_atomic(stamp, json.dumps(want, indent=2))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stamp, want)
+
+    def _data_source(self) -> str | dict | None:
+        """Where the data comes from, as study.json records it: None for twins, a folder, or the
+        per-database variables."""
+        if self.twins:
+            return None
+        if self.data_root is not None:
+            return str(self.data_root.resolve())
+        return {k: str(Path(v).resolve()) for k, v in sorted(os.environ.items())
+                if k.startswith("MMLIB_") and k.endswith("_ROOT") and v}
 
     # -- data ------------------------------------------------------------------------------------
     def databases(self, names) -> dict[str, Database]:
@@ -184,20 +184,22 @@ class Study:
 
         for name in [n for n in names if n not in self._dbs]:
             manifest = load_manifest(name)
-            if self.data_root is None:
-                from mmlib.experiments.common import ensure_twins
+            if self.twins:
+                from mmlib.data.synth import ensure_twins
 
                 root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress) / name
             else:
-                root = manifest.resolve_root(self.data_root / name)
+                root = manifest.resolve_root(None if self.data_root is None else self.data_root / name)
             cases = prepare_database(manifest, root, self.preset.spacing_mm, self.out_dir / "cache",
                                      progress=self.progress)
             train, test = ([], list(cases)) if manifest.evaluation_only else split_cases(manifest, cases)
-            self._dbs[name] = Database(manifest, root, list(train), list(test), data_identity(manifest, root))
+            self._dbs[name] = Database(manifest, root, list(train), list(test), data_identity(manifest, root, train),
+                                       data_identity(manifest, root, test))
         return {n: self._dbs[n] for n in names}
 
     def data_ids(self, names) -> dict[str, str]:
-        return {n: d.data_id for n, d in self.databases(names).items()}
+        """The identity of each database's training cases (what a model's identity holds)."""
+        return {n: d.train_id for n, d in self.databases(names).items()}
 
     def _spec_data_ids(self, spec: ModelSpec) -> dict[str, str]:
         names, s = set(), spec
@@ -219,6 +221,7 @@ class Study:
         from mmlib.engine.checkpoint import load_model
         from mmlib.engine.device import seed_everything
         from mmlib.engine.train import train
+        from mmlib.io import atomic_write_json
         from mmlib.models import ProgressiveUNet, build_model
 
         run_dir = self.model_dir(spec)
@@ -246,7 +249,7 @@ class Study:
                                rotate_planes=self.preset.rotate_planes)
         plan = schedule(spec, self.preset, batches.epoch_length())
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(run_dir / "spec.json", json.dumps(asdict(spec), indent=2))
+        atomic_write_json(run_dir / "spec.json", asdict(spec))
         config = {"arch": spec.net, "width": self.preset.width, "dice_batch": self.preset.dice_batch,
                   "name": spec.trained.name, "identity": run_dir.name}
         train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,
@@ -262,8 +265,7 @@ class Study:
 
     def _evaluation_file(self, spec: ModelSpec, ev: Evaluation) -> Path:
         db = self.databases([ev.database])[ev.database]
-        key = short_hash({"evaluation": asdict(ev), "settings": self.evaluation_settings(), "data": db.data_id,
-                          "cases": [c.case_id for c in db.test]})
+        key = short_hash({"evaluation": asdict(ev), "settings": self.evaluation_settings(), "data": db.test_id})
         return self.out_dir / "evaluations" / self.model_dir(spec).name / f"{ev.database}-{key}.csv"
 
     def evaluate(self, spec: ModelSpec, ev: Evaluation, model=None, cmap=None) -> pd.DataFrame:
@@ -276,11 +278,8 @@ class Study:
         rows = self._run_evaluation(spec, ev, model, cmap)
         rows = rows.assign(**spec.row_columns(), preset=self.preset.name, model_id=self.model_dir(spec).name,
                            eval_settings=self.evaluation_settings(),
-                           eval_data_id=self.databases([ev.database])[ev.database].data_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        rows.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+                           eval_data_id=self.databases([ev.database])[ev.database].test_id)
+        write_rows(rows, path)
         return rows
 
     def _run_evaluation(self, spec: ModelSpec, ev: Evaluation, model, cmap) -> pd.DataFrame:
@@ -364,7 +363,7 @@ class Study:
                 db = rows["database"].iloc[0] if len(rows) else None
                 if db is None or rows["eval_settings"].iloc[0] != current_settings:
                     continue
-                if rows["eval_data_id"].iloc[0] != self.databases([db])[db].data_id:
+                if rows["eval_data_id"].iloc[0] != self.databases([db])[db].test_id:
                     continue
                 frames.append(rows)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -456,14 +455,19 @@ def _read_rows(path: Path) -> pd.DataFrame:
     return rows.astype({c: object for c in text}).fillna({c: "" for c in text})
 
 
+def write_rows(rows: pd.DataFrame, path: Path) -> Path:
+    """Write result rows to a CSV atomically (folders made as needed)."""
+    from mmlib.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        rows.to_csv(tmp, index=False)
+    return path
+
+
 def save_results(df: pd.DataFrame, out_dir: Path, name: str) -> Path:
     """Write a notebook's tidy rows to out_dir/results/<name>.csv atomically."""
-    path = Path(out_dir) / "results" / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_rows(df, Path(out_dir) / "results" / f"{name}.csv")
 
 
 __all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "as_preset", "data_identity",
