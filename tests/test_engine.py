@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from mmlib.data.cases import IGNORE, PreparedCase
-from mmlib.data.loaders import ChannelMap
+from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import checkpoint as ckpt
 from mmlib.engine.baselines import threshold_baseline
+from mmlib.engine.device import cpu_bf16_native
 from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case
 from mmlib.engine.train import train
 from mmlib.errors import CheckpointError
@@ -204,6 +205,163 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     resumed = tiny_net(seed=99)
     run(tmp_path / "cut", 5, model=resumed, checkpoint_every=2)
     assert _same_parameters(straight, resumed)
+
+
+def joint_batches(seed: int = 0, **kw) -> JointBatches:
+    cases = [toy_case(f"c{i}", i) for i in range(3)]
+    args = dict(crop=16, batch_per_database=2, drop=True, rotate_p=0.5, lesion_crop_p=0.5, seed=seed)
+    return JointBatches({"TOY": cases}, CMAP, **{**args, **kw})
+
+
+class InterruptedBatches(JointBatches):
+    """JointBatches that raise KeyboardInterrupt when asked for batch `interrupt_at` (once)."""
+
+    interrupt_at = None
+
+    def batch(self, step, rank=0, world_size=1):
+        if step == self.interrupt_at:
+            self.interrupt_at = None
+            raise KeyboardInterrupt
+        return super().batch(step, rank, world_size)
+
+
+def test_resume_with_joint_batches_needs_only_the_step_and_equals_an_uninterrupted_run(tmp_path):
+    straight = tiny_net()
+    want = run(tmp_path / "straight", 6, model=straight, batches=joint_batches(), lr_drop_step=4).losses
+
+    run(tmp_path / "split", 3, batches=joint_batches(), lr_drop_step=4)
+    assert ckpt.load_checkpoint(tmp_path / "split" / "last.pt")["extra"]["batches"] == {"step": 3}
+    resumed = tiny_net(seed=99)
+    got = run(tmp_path / "split", 6, model=resumed, batches=joint_batches(), lr_drop_step=4).losses
+    assert got == want and _same_parameters(straight, resumed)
+
+
+def test_ctrl_c_with_joint_batches_resumes_exactly(tmp_path):
+    straight = tiny_net()
+    run(tmp_path / "straight", 5, model=straight, batches=joint_batches())
+
+    cut = InterruptedBatches({"TOY": joint_batches().sets["TOY"]}, CMAP, crop=16, batch_per_database=2,
+                             drop=True, rotate_p=0.5, lesion_crop_p=0.5, seed=0)
+    cut.interrupt_at = 3
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", 5, batches=cut, log_every=2)
+    state = ckpt.load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert state["step"] == 3 and len(state["extra"]["losses"]) == 3
+    resumed = tiny_net(seed=99)
+    run(tmp_path / "cut", 5, model=resumed, batches=joint_batches())
+    assert _same_parameters(straight, resumed)
+
+
+def test_train_seeds_torch_itself_so_the_global_rng_before_does_not_matter(tmp_path):
+    a, b = tiny_net(), tiny_net()
+    torch.manual_seed(123)
+    la = run(tmp_path / "a", 3, model=a, batches=joint_batches(), seed=5).losses
+    torch.manual_seed(456)
+    torch.rand(10)
+    lb = run(tmp_path / "b", 3, model=b, batches=joint_batches(), seed=5).losses
+    assert la == lb and _same_parameters(a, b)
+
+
+def test_losses_are_read_back_every_log_every_steps_not_every_step(tmp_path, monkeypatch):
+    import traceback
+
+    want = run(tmp_path / "each", 7, log_every=1).losses
+    reads = []  # host reads of tensors by mmlib's engine (each one waits for a GPU)
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def counted(fn):
+        def wrapper(self, *args, **kwargs):
+            if "mmlib/engine" in traceback.extract_stack()[-2].filename:
+                reads.append(self.numel())
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(torch.Tensor, "item", counted(item))
+    monkeypatch.setattr(torch.Tensor, "tolist", counted(tolist))
+    got = run(tmp_path / "every3", 7, log_every=3).losses
+    monkeypatch.undo()
+    assert got == want and len(got) == 7
+    assert reads == [3, 3, 1]  # after steps 3 and 6, and at the end
+
+
+def test_checkpoints_are_written_by_the_clock_and_at_the_end(tmp_path, monkeypatch):
+    train_module = importlib.import_module("mmlib.engine.train")
+
+    saved = []
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda path, *args, **kw: saved.append((path.name, args[3])))
+
+    class Clock:  # every reading is 100 s after the previous one: the start, then one per step
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls):
+            cls.now += 100.0
+            return cls.now
+
+    monkeypatch.setattr(train_module, "time", Clock)
+    run(tmp_path / "a", 4, checkpoint_seconds=250)
+    assert saved == [("last.pt", 3), ("last.pt", 4), ("final.pt", 4)]  # 300 s after the start
+    saved.clear()
+    run(tmp_path / "b", 4, checkpoint_seconds=None)
+    assert saved == [("last.pt", 4), ("final.pt", 4)]
+
+
+class DtypeNet(TinyNet):
+    """Records the dtype its first conv computes in."""
+
+    def forward(self, x, present=None):
+        h = self.conv(x)
+        self.seen_dtype = h.dtype
+        return self.head(torch.relu(h))
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no native bf16")
+def test_amp_on_cpu_runs_the_network_in_bf16_and_the_loss_in_fp32(tmp_path):
+    torch.manual_seed(0)
+    net = DtypeNet()
+    losses = run(tmp_path / "bf16", 3, model=net, amp=True).losses
+    assert net.seen_dtype == torch.bfloat16 and all(np.isfinite(losses))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    run(tmp_path / "fp32", 1, model=net, amp=False)
+    assert net.seen_dtype == torch.float32
+
+
+def test_amp_on_a_cpu_without_bf16_warns_and_trains_in_fp32(tmp_path, monkeypatch):
+    from mmlib.engine import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_bf16_native", lambda: False)
+    torch.manual_seed(0)
+    net = DtypeNet()
+    with pytest.warns(UserWarning, match="float32"):
+        run(tmp_path, 1, model=net, amp=True)
+    assert net.seen_dtype == torch.float32
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_is_an_option(tmp_path, channels_last):
+    net = tiny_net()
+    run(tmp_path, 1, model=net, channels_last=channels_last)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    assert net.conv.weight.is_contiguous(memory_format=fmt)
+
+
+def test_compiled_forward_trains_like_the_plain_one(tmp_path):
+    plain, compiled = tiny_net(), tiny_net()
+    want = run(tmp_path / "plain", 3, model=plain, batches=joint_batches()).losses
+    got = run(tmp_path / "compiled", 3, model=compiled, batches=joint_batches(),
+              compile={"backend": "eager"}).losses
+    assert got == want and _same_parameters(plain, compiled)
+    assert "_orig_mod" not in "".join(ckpt.load_checkpoint(tmp_path / "compiled" / "final.pt")["model"])
+
+
+def test_batches_drawn_on_the_device_train_and_resume(tmp_path):
+    straight = tiny_net()
+    want = run(tmp_path / "straight", 4, model=straight, batches=joint_batches(), data_on_device=True).losses
+    run(tmp_path / "split", 2, batches=joint_batches(), data_on_device=True)
+    resumed = tiny_net(seed=3)
+    got = run(tmp_path / "split", 4, model=resumed, batches=joint_batches(), data_on_device=True).losses
+    assert got == want and _same_parameters(straight, resumed)
 
 
 # --- inference and evaluation -------------------------------------------------------------
