@@ -15,7 +15,7 @@ from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import checkpoint as ckpt
 from mmlib.engine.baselines import threshold_baseline
 from mmlib.engine.device import cpu_bf16_native
-from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case
+from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case, predict_subsets
 from mmlib.engine.train import train
 from mmlib.errors import CheckpointError
 
@@ -401,6 +401,95 @@ def test_evaluate_all_combinations_gives_one_row_per_case_and_non_empty_subset()
     assert {"FLAIR", "T1+T2", "FLAIR+T1+T2"} <= set(rows["subset"])
     assert rows.groupby("subset")["n_modalities"].first()["FLAIR+T2"] == 2
     assert set(rows["training"]) == {"drop"}
+
+
+class PresenceNet(nn.Module):
+    """Checks every window against its `present` row: absent channels all zero, present ones
+    not (the toy images below are non-zero everywhere). Records the batch sizes it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes, self.rows = [], set()
+
+    def forward(self, x, present=None):
+        self.batch_sizes.append(x.shape[0])
+        nonzero = x.flatten(2).abs().amax(-1) > 0
+        assert torch.equal(nonzero, present), (nonzero, present)
+        self.rows.update(tuple(r) for r in present.tolist())
+        return x[:, :1] * 0.0
+
+
+def dense_case(case_id="d0", modalities=("FLAIR", "T1", "T2"), shape=(20, 17, 13)) -> PreparedCase:
+    case = toy_case(case_id, 0, modalities, shape)
+    case.image[:] = np.abs(case.image) + 0.1  # no zero voxel: a channel's absence shows
+    return case
+
+
+def test_batched_evaluation_feeds_each_window_its_own_subsets_present_mask():
+    net = PresenceNet()
+    rows = evaluate_all_combinations(net, [dense_case()], CMAP, roi=16, overlap=0.5, device="cpu", progress=False)
+    assert len(rows) == 7 and len(net.rows) == 7
+    assert max(net.batch_sizes) > 8  # windows of several subsets share a forward pass
+
+
+def test_cpu_inference_never_runs_a_batch_of_one():
+    net = PresenceNet()
+    evaluate_cases(net, [dense_case(shape=(16, 16, 16))], CMAP, roi=16, overlap=0.0, device="cpu", progress=False)
+    assert net.batch_sizes == [2]  # one window, run twice
+    net.batch_sizes.clear()
+    # 17 windows per subset: the last pass of SW_BATCH_SUBSETS = 16 would hold one
+    predict_subsets(net, dense_case(shape=(16, 16, 16 * 17)).image[:1].repeat(3, 0),
+                    np.array([[True, True, True]]), roi=16, overlap=0.0, device="cpu", sw_batch=16)
+    assert net.batch_sizes == [16, 2]
+
+
+def real_multiunet(in_channels: int = 3):
+    from mmlib.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("multiunet", in_channels, 0.25).eval()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mmlib.models") is None, reason="mmlib.models not written yet")
+def test_batched_evaluation_gives_bit_for_bit_the_masks_of_one_pass_per_subset():
+    model = real_multiunet()
+    cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2"), shape=(40, 36, 20)),
+             toy_case("c1", 1, ("FLAIR", "T2"), shape=(33, 32, 34))]
+    # the masks themselves (rows only carry their metrics)
+    image = CMAP.assemble(cases[0])
+    presents = np.array([[s in sub for s in CMAP.modalities] for sub in
+                         [("FLAIR",), ("T1", "T2"), ("FLAIR", "T1", "T2")]])
+    together = predict_subsets(model, image, presents, roi=32, overlap=0.25, device="cpu")
+    for pres, mask in zip(presents, together):
+        alone = predict_case(model, np.where(pres[:, None, None, None], image, 0.0), 32, 0.25, "cpu", pres)
+        assert np.array_equal(mask, alone)
+    assert 0.02 < together.mean() < 0.98  # a mix of lesion and background: the test can fail
+    kw = dict(roi=32, overlap=0.25, device="cpu", progress=False)
+    batched = evaluate_all_combinations(model, cases, CMAP, **kw)
+    one_by_one = evaluate_all_combinations(model, cases, CMAP, batched=False, **kw)
+    pd.testing.assert_frame_equal(batched, one_by_one)
+    assert len(batched) == 7 + 3
+
+
+def test_evaluate_cases_with_several_subsets_equals_one_call_per_subset():
+    cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2")), toy_case("c1", 1, ("FLAIR", "T1", "T2"))]
+    subsets = [("T1",), ("FLAIR", "T2"), ("FLAIR",)]
+    kw = dict(roi=16, overlap=0.25, device="cpu", progress=False, extra={"seed": 1})
+    together = evaluate_cases(ThresholdNet(), cases, CMAP, subsets=subsets, **kw)
+    apart = pd.concat([evaluate_cases(ThresholdNet(), cases, CMAP, subset=s, **kw) for s in subsets],
+                      ignore_index=True)
+    pd.testing.assert_frame_equal(together, apart)
+    assert together["subset"].tolist() == ["T1", "T1", "FLAIR+T2", "FLAIR+T2", "FLAIR", "FLAIR"]
+    with pytest.raises(ValueError):
+        evaluate_cases(ThresholdNet(), cases, CMAP, subset=("T1",), subsets=subsets, **kw)
+
+
+def test_predict_case_autocasts_only_when_asked():
+    net = DtypeNet()
+    predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu")
+    assert net.seen_dtype == torch.float32
+    predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu", amp=True)
+    assert net.seen_dtype == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
 
 
 # --- baseline -------------------------------------------------------------------------------
