@@ -59,6 +59,50 @@ def _iterator_state(batches) -> dict | None:
     return batches.state_dict() if hasattr(batches, "state_dict") else None
 
 
+class TrainStep:
+    """One optimiser step of `train`, on its own (the benchmarks time exactly this): moves the model
+    to `device` (channels-last: None = on CPU only), owns Adam and the loss scaler; called with a
+    batch and a learning rate, it returns the step's float32 loss, still on the device."""
+
+    def __init__(self, model: nn.Module, lr: float, device: str | torch.device = "auto", amp: bool = False,
+                 channels_last: bool | None = None, compile: bool | str | dict = False, dice_batch: bool = True):
+        self.device = device = pick_device(device)
+        self.model, self.dice_batch = model, dice_batch
+        # Channels-last 3D: the default on CPU (oneDNN's native layout), an option on a GPU.
+        if channels_last is None:
+            channels_last = device.type == "cpu"
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        model.to(device, memory_format=self.memory_format)
+        # Fused Adam: one kernel for all parameters on a GPU instead of a few per tensor.
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
+        self.dtype = amp_dtype(device) if amp else None
+        if amp and self.dtype is None:
+            warnings.warn("amp asked for, but this CPU has no native bf16: training in float32", stacklevel=3)
+        # bf16 needs no loss scaling; fp16 (GPUs without bf16) does.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.forward = model
+        if compile:
+            kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
+            self.forward = torch.compile(model, **kwargs)
+
+    def __call__(self, batch: dict, lr: float) -> torch.Tensor:
+        device = self.device
+        x = torch.as_tensor(batch["x"]).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = torch.as_tensor(batch["y"]).to(device, non_blocking=True)
+        valid = torch.as_tensor(batch["valid"]).to(device, non_blocking=True)
+        present = torch.as_tensor(batch["present"]).to(device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.forward(x, present=present)
+        loss = dice_loss(logits, y, valid, batch=self.dice_batch)  # float32
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
 def train(
     model: nn.Module,
     batches: Iterable[dict],
@@ -95,22 +139,8 @@ def train(
     config = {"in_channels": len(cmap), **config,
               "steps": steps, "lr": lr, "lr_drop_step": lr_drop_step, "seed": seed}
 
-    # Channels-last 3D: the default on CPU (oneDNN's native layout), an option on a GPU.
-    if channels_last is None:
-        channels_last = device.type == "cpu"
-    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    # Fused Adam: one kernel for all parameters on a GPU instead of a few per tensor.
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
-    dtype = amp_dtype(device) if amp else None
-    if amp and dtype is None:
-        warnings.warn("amp asked for, but this CPU has no native bf16: training in float32", stacklevel=2)
-    # bf16 needs no loss scaling; fp16 (GPUs without bf16) does.
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    forward = model
-    if compile:
-        kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
-        forward = torch.compile(model, **kwargs)
+    one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True))
+    optimizer, scaler = one_step.optimizer, one_step.scaler
 
     # Batches drawn by step number need no state; on a GPU a JointBatches draws them there.
     by_step = callable(getattr(batches, "batch", None))
@@ -159,21 +189,8 @@ def train(
             else:
                 data_before = _iterator_state(batches)
                 batch = next(batch_iter)
-            x = torch.as_tensor(batch["x"]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = torch.as_tensor(batch["y"]).to(device, non_blocking=True)
-            valid = torch.as_tensor(batch["valid"]).to(device, non_blocking=True)
-            present = torch.as_tensor(batch["present"]).to(device, non_blocking=True)
-
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, lr, lr_drop_step)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = forward(x, present=present)
-            loss = dice_loss(logits, y, valid, batch=config.get("dice_batch", True))  # float32
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            pending.append(loss.detach())
+            loss = one_step(batch, lr_at(step, lr, lr_drop_step))
+            pending.append(loss)
             done = step + 1
 
             if len(pending) >= log_every:
