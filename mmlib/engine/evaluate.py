@@ -39,13 +39,17 @@ def predict_subsets(
     device: str | torch.device = "auto",
     amp: bool = False,
     sw_batch: int = SW_BATCH_SUBSETS,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Binary masks (S, X, Y, Z) of an image (C, X, Y, Z) seen through S channel masks `presents`
-    (S, C) bool (None: the image as is, S = 1, present unknown), in one sliding-window pass: the
-    subsets are stacked on the batch axis and `sw_batch` windows of any of them go per forward.
-    amp: bf16/fp16 autocast as in training. Windows overhanging the volume are zero-padded."""
+    (S, C) bool (None: the image as is, S = 1), in one sliding-window pass: subsets stacked on the
+    batch axis, `sw_batch` windows of any of them per forward. amp: autocast as in training;
+    channels_last (None: on CPU) also converts the model. Overhanging windows are zero-padded."""
     device = pick_device(device)
-    model.to(device).eval()
+    if channels_last is None:
+        channels_last = device.type == "cpu"
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format).eval()
     base = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
     if presents is None:
         x, pres = base[None], None
@@ -63,6 +67,7 @@ def predict_subsets(
             # small volume; a batch of two (the window twice) is faster than one.
             window = torch.cat([window, window])
             p = None if p is None else torch.cat([p, p])
+        window = window.contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return model(window, present=p).float()[:n]
 
@@ -80,12 +85,13 @@ def predict_case(
     present: np.ndarray | None = None,
     amp: bool = False,
     sw_batch: int = SW_BATCH,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Binary lesion mask (X, Y, Z) bool of an image (C, X, Y, Z): sliding roi^3 windows,
     sigmoid > 0.5. `present` (C,) bool tells fusion models which channels hold a modality (the
-    others are read as zeros). amp: autocast as in training. Any volume size works (zero padding)."""
+    others are read as zeros). amp, channels_last: see `predict_subsets`. Any volume size works."""
     presents = None if present is None else np.asarray(present, bool)[None]
-    return predict_subsets(model, image, presents, roi, overlap, device, amp, sw_batch)[0]
+    return predict_subsets(model, image, presents, roi, overlap, device, amp, sw_batch, channels_last)[0]
 
 
 def case_row(case: PreparedCase, pred: np.ndarray, subset: Sequence[str], model_name: str) -> dict:
@@ -100,7 +106,8 @@ def case_row(case: PreparedCase, pred: np.ndarray, subset: Sequence[str], model_
 def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | None]],
               channel_map: ChannelMap | dict, roi: int, overlap: float, device: str | torch.device,
               model_name: str, extra: dict | None, progress: bool, amp: bool = False,
-              batched: bool = True, max_subsets: int | None = None) -> pd.DataFrame:
+              batched: bool = True, max_subsets: int | None = None,
+              channels_last: bool | None = None) -> pd.DataFrame:
     """Predict and score each (case, subset) of `jobs`; one row each in the order of `jobs`, `extra`
     columns appended. batched: a case's subsets in one pass (at most `max_subsets` per pass)."""
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
@@ -119,10 +126,11 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
             image = cmap.assemble(case, sorted({m for sub in subsets for m in sub}))
             step = max_subsets or len(subsets)
             preds = [p for a in range(0, len(subsets), step)
-                     for p in predict_subsets(model, image, presents[a:a + step], roi, overlap, device, amp)]
+                     for p in predict_subsets(model, image, presents[a:a + step], roi, overlap, device, amp,
+                                             channels_last=channels_last)]
         else:  # one sliding-window pass per subset (the reference for the batched path)
-            preds = [predict_case(model, cmap.assemble(case, sub), roi, overlap, device, pres, amp)
-                     for sub, pres in zip(subsets, presents)]
+            preds = [predict_case(model, cmap.assemble(case, sub), roi, overlap, device, pres, amp,
+                                  channels_last=channels_last) for sub, pres in zip(subsets, presents)]
         for i, subset, pred in zip(idxs, subsets, preds):
             rows[i] = {**case_row(case, pred, subset, model_name), **(extra or {})}
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *(extra or {})])
@@ -144,6 +152,7 @@ def evaluate_cases(
     amp: bool = False,
     batched: bool = True,
     max_subsets: int | None = None,
+    channels_last: bool | None = None,
 ) -> pd.DataFrame:
     """One row per case, predicted from the modalities in `subset` (each case's own if None); with
     `subsets`, one row per subset and case (subset-major, as one call per subset would give),
@@ -152,7 +161,7 @@ def evaluate_cases(
         raise ValueError("give `subset` or `subsets`, not both")
     wanted = [subset] if subsets is None else list(subsets)
     return _evaluate(model, [(c, s) for s in wanted for c in cases], channel_map, roi, overlap, device,
-                     model_name, extra, progress, amp, batched, max_subsets)
+                     model_name, extra, progress, amp, batched, max_subsets, channels_last)
 
 
 def evaluate_all_combinations(
@@ -169,9 +178,10 @@ def evaluate_all_combinations(
     amp: bool = False,
     batched: bool = True,
     max_subsets: int | None = None,
+    channels_last: bool | None = None,
 ) -> pd.DataFrame:
     """One row per case x non-empty subset of its modalities (2^C - 1 each; Table 2's brackets);
     all subsets of a case in one sliding-window pass unless `batched` is False."""
     jobs = [(c, s) for c in cases for s in all_subsets(c.modalities)]
     return _evaluate(model, jobs, channel_map, roi, overlap, device, model_name, extra, progress,
-                     amp, batched, max_subsets)
+                     amp, batched, max_subsets, channels_last)
