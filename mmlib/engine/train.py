@@ -146,6 +146,7 @@ def train(
     by_step = callable(getattr(batches, "batch", None))
     if data_on_device is None:
         data_on_device = device.type == "cuda"
+    source = batches
     if data_on_device and isinstance(batches, JointBatches):
         batches = batches.to(device)
 
@@ -201,6 +202,7 @@ def train(
                 read_losses()
                 checkpoint(last, done, rng_state(), {"step": done} if by_step else _iterator_state(batches))
                 saved_at = time.monotonic()
+        read_losses()
     except KeyboardInterrupt:
         # A step cut short is dropped: the checkpoint holds the state it started from.
         finished = done == step + 1
@@ -208,10 +210,11 @@ def train(
         del losses[done:]  # one loss per finished step
         data = {"step": done} if by_step else (_iterator_state(batches) if finished else data_before)
         checkpoint(last, done, rng_state() if finished else rng_before, data)
-        bar.close()
         raise
-    read_losses()
-    bar.close()
+    finally:
+        bar.close()
+        if batches is not source:
+            batches.close()  # the prefetch thread of batches drawn on the device
 
     data = {"step": done} if by_step else _iterator_state(batches)
     checkpoint(last, done, rng_state(), data)
