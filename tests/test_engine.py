@@ -484,6 +484,15 @@ def test_evaluate_cases_with_several_subsets_equals_one_call_per_subset():
         evaluate_cases(ThresholdNet(), cases, CMAP, subset=("T1",), subsets=subsets, **kw)
 
 
+def test_max_subsets_bounds_a_pass_without_changing_the_rows():
+    case, kw = toy_case("c0", 0, ("FLAIR", "T1", "T2")), dict(roi=16, overlap=0.0, device="cpu", progress=False)
+    whole = evaluate_all_combinations(ThresholdNet(), [case], CMAP, **kw)
+    net = PresenceNet()
+    evaluate_all_combinations(net, [dense_case(shape=(16, 16, 16))], CMAP, max_subsets=2, **kw)
+    assert max(net.batch_sizes) == 2 and len(net.rows) == 7  # one window, two subsets per pass
+    pd.testing.assert_frame_equal(evaluate_all_combinations(ThresholdNet(), [case], CMAP, max_subsets=3, **kw), whole)
+
+
 def test_predict_case_autocasts_only_when_asked():
     net = DtypeNet()
     predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu")

@@ -107,7 +107,7 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
               channel_map: ChannelMap | dict, roi: int, overlap: float, device: str | torch.device,
               model_name: str, extra: dict | None, progress: bool, amp: bool = False,
               batched: bool = True, max_subsets: int | None = None,
-              channels_last: bool | None = None) -> pd.DataFrame:
+              channels_last: bool | None = None, sw_batch: int | None = None) -> pd.DataFrame:
     """Predict and score each (case, subset) of `jobs`; one row each in the order of `jobs`, `extra`
     columns appended. batched: a case's subsets in one pass (at most `max_subsets` per pass)."""
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
@@ -127,10 +127,10 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
             step = max_subsets or len(subsets)
             preds = [p for a in range(0, len(subsets), step)
                      for p in predict_subsets(model, image, presents[a:a + step], roi, overlap, device, amp,
-                                             channels_last=channels_last)]
+                                             sw_batch or SW_BATCH_SUBSETS, channels_last)]
         else:  # one sliding-window pass per subset (the reference for the batched path)
             preds = [predict_case(model, cmap.assemble(case, sub), roi, overlap, device, pres, amp,
-                                  channels_last=channels_last) for sub, pres in zip(subsets, presents)]
+                                  sw_batch or SW_BATCH, channels_last) for sub, pres in zip(subsets, presents)]
         for i, subset, pred in zip(idxs, subsets, preds):
             rows[i] = {**case_row(case, pred, subset, model_name), **(extra or {})}
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *(extra or {})])
@@ -153,15 +153,17 @@ def evaluate_cases(
     batched: bool = True,
     max_subsets: int | None = None,
     channels_last: bool | None = None,
+    sw_batch: int | None = None,
 ) -> pd.DataFrame:
     """One row per case, predicted from the modalities in `subset` (each case's own if None); with
-    `subsets`, one row per subset and case (subset-major, as one call per subset would give),
-    a case's subsets predicted in one pass. amp: autocast (off by default, as in fp32 training)."""
+    `subsets`, one row per subset and case (subset-major, as one call per subset would give), a
+    case's subsets predicted in one pass (at most `max_subsets` per pass unless `batched` is False).
+    amp (off by default), channels_last, sw_batch: see `predict_subsets`."""
     if subsets is not None and subset is not None:
         raise ValueError("give `subset` or `subsets`, not both")
     wanted = [subset] if subsets is None else list(subsets)
     return _evaluate(model, [(c, s) for s in wanted for c in cases], channel_map, roi, overlap, device,
-                     model_name, extra, progress, amp, batched, max_subsets, channels_last)
+                     model_name, extra, progress, amp, batched, max_subsets, channels_last, sw_batch)
 
 
 def evaluate_all_combinations(
@@ -179,9 +181,11 @@ def evaluate_all_combinations(
     batched: bool = True,
     max_subsets: int | None = None,
     channels_last: bool | None = None,
+    sw_batch: int | None = None,
 ) -> pd.DataFrame:
     """One row per case x non-empty subset of its modalities (2^C - 1 each; Table 2's brackets);
-    all subsets of a case in one sliding-window pass unless `batched` is False."""
+    all subsets of a case in one sliding-window pass (or `max_subsets` at a time) unless `batched`
+    is False. amp (off by default), channels_last, sw_batch: see `predict_subsets`."""
     jobs = [(c, s) for c in cases for s in all_subsets(c.modalities)]
     return _evaluate(model, jobs, channel_map, roi, overlap, device, model_name, extra, progress,
-                     amp, batched, max_subsets, channels_last)
+                     amp, batched, max_subsets, channels_last, sw_batch)
