@@ -338,6 +338,27 @@ def test_amp_on_a_cpu_without_bf16_warns_and_trains_in_fp32(tmp_path, monkeypatc
     assert net.seen_dtype == torch.float32
 
 
+class MixedDtypeNet(TinyNet):
+    """Writes its features into a float32 tensor with index_put, which fails under autocast."""
+
+    def forward(self, x, present=None):
+        h = torch.relu(self.conv(x))
+        z = x.new_zeros((x.shape[0], *h.shape[1:]))
+        z = z.index_put((torch.arange(x.shape[0]),), self.drop(h))
+        return self.head(z)
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no native bf16")
+def test_a_model_that_fails_under_autocast_warns_and_trains_like_fp32(tmp_path):
+    torch.manual_seed(0)
+    fp32, amp = MixedDtypeNet(), MixedDtypeNet()
+    amp.load_state_dict(fp32.state_dict())
+    want = run(tmp_path / "fp32", 3, model=fp32, batches=joint_batches()).losses
+    with pytest.warns(UserWarning, match="fails under autocast"):
+        got = run(tmp_path / "amp", 3, model=amp, batches=joint_batches(), amp=True).losses
+    assert got == want and _same_parameters(fp32, amp)
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_channels_last_is_an_option(tmp_path, channels_last):
     net = tiny_net()

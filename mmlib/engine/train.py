@@ -80,12 +80,30 @@ class TrainStep:
             warnings.warn("amp asked for, but this CPU has no native bf16: training in float32", stacklevel=3)
         # bf16 needs no loss scaling; fp16 (GPUs without bf16) does.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self._autocast_tried = False
         self.forward = model
         if compile:
             kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
             self.forward = torch.compile(model, **kwargs)
 
     def __call__(self, batch: dict, lr: float) -> torch.Tensor:
+        if self.dtype is None or self._autocast_tried:
+            return self._step(batch, lr)
+        # A model that mixes dtypes by hand (e.g. index_put of autocast output into a float32
+        # tensor) fails on its first forward: say so and train in float32, from the same RNG state.
+        self._autocast_tried, before = True, rng_state()
+        try:
+            return self._step(batch, lr)
+        except RuntimeError as err:
+            if "dtype" not in str(err):
+                raise
+            warnings.warn(f"amp asked for, but {type(self.model).__name__} fails under autocast ({err}); "
+                          f"training in float32", stacklevel=3)
+            set_rng_state(before)
+            self.dtype = None
+            return self._step(batch, lr)
+
+    def _step(self, batch: dict, lr: float) -> torch.Tensor:
         device = self.device
         x = torch.as_tensor(batch["x"]).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
         y = torch.as_tensor(batch["y"]).to(device, non_blocking=True)
