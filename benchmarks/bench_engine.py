@@ -371,7 +371,8 @@ def main() -> None:
                         ("mmlib_bf16_host", "mmlib, bf16, host volumes + prefetch",
                          dict(amp=True, channels_last=cl, memory_budget=0))] + \
                         ([("mmlib_bf16_compiled", "mmlib, bf16, channels-last, compiled",
-                           dict(amp=True, channels_last=True, compile=True))] if args.compile else []):
+                           dict(amp=True, channels_last=True, compile=True))]
+                         if args.compile and device.type == "cuda" else []):
                     if key == "mmlib_bf16_cl" and cl:
                         continue  # the CPU default already
                     loops[key] = (label, lambda kw=kw: mmlib_loop(sets, cmap, crop, per_db, width, device, steps, **kw))

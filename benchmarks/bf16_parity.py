@@ -97,7 +97,8 @@ def summarise(results: list[dict], about: dict, json_path: str) -> None:
     fp32 = {r["seed"]: r["dice"] for r in results if not r["amp"]}
     summary = {**about, "runs": results,
                "noise_fp32_between_seeds": [abs(a - b) for a, b in itertools.combinations(fp32.values(), 2)],
-               "bf16_minus_fp32_same_seed": [r["dice"] - fp32[r["seed"]] for r in results if r["amp"]],
+               "bf16_minus_fp32_same_seed": [r["dice"] - fp32[r["seed"]] for r in results
+                                             if r["amp"] and r["seed"] in fp32],
                "s_per_step_bf16_over_fp32": [r["s_per_step"] / s["s_per_step"] for r in results if r["amp"]
                                              for s in results if not s["amp"] and s["seed"] == r["seed"]]}
     print("fp32 seed-to-seed |delta Dice|:", [f"{v:.4f}" for v in summary["noise_fp32_between_seeds"]])
