@@ -448,9 +448,10 @@ def dense_case(case_id="d0", modalities=("FLAIR", "T1", "T2"), shape=(20, 17, 13
 
 def test_batched_evaluation_feeds_each_window_its_own_subsets_present_mask():
     net = PresenceNet()
-    rows = evaluate_all_combinations(net, [dense_case()], CMAP, roi=16, overlap=0.5, device="cpu", progress=False)
+    rows = evaluate_all_combinations(net, [dense_case()], CMAP, roi=16, overlap=0.5, device="cpu",
+                                     progress=False, sw_batch=16)
     assert len(rows) == 7 and len(net.rows) == 7
-    assert max(net.batch_sizes) > 8  # windows of several subsets share a forward pass
+    assert max(net.batch_sizes) == 16  # 4 windows a subset: windows of 4 subsets in one pass
 
 
 def test_cpu_inference_never_runs_a_batch_of_one():

@@ -1,11 +1,8 @@
 """Joint batches drawn on the training device from volumes uploaded once.
 
-JointBatches' numpy path reads every crop on one CPU thread; at 128^3 and a batch of 10 that
-costs about as much as a GPU step. Here the volumes live on the device in half precision
-(labels uint8) and crops, rotations, modality drop and zero fill are tensor ops there. The
-random draws are JointBatches' plans, so both paths give the same samples. Volumes larger
-than the memory budget stay in host memory (pinned for a GPU) and a background thread
-assembles the next step's batch while the current one trains.
+The volumes live on the device in half precision (labels uint8); crops, rotations, modality drop
+and zero fill are tensor ops there, following JointBatches' plans (the same samples). Volumes over
+the memory budget stay in host memory (pinned for a GPU); a thread assembles the next step ahead.
 """
 
 from __future__ import annotations
@@ -43,13 +40,10 @@ def default_budget(device: torch.device) -> float:
 
 
 class DeviceBatches:
-    """The batches of `batches` (a JointBatches), built with tensor ops on `device`.
-
-    Same keys and samples as `batches.batch(step, rank, world_size)`; images pass through
-    `storage_dtype` (float16: z-scored intensities keep ~3 significant digits), labels are exact.
-    `memory_budget` (bytes; default: half the free GPU memory) decides whether the volumes live
-    on the device; if not, batches are assembled in host memory, one step ahead in a thread.
-    """
+    """The batches of `batches` (a JointBatches), built with tensor ops on `device`: the same keys
+    and samples, images through `storage_dtype` (float16 keeps ~3 significant digits of z-scores),
+    labels exact. `memory_budget` (bytes; default: half the free GPU memory) decides whether the
+    volumes live on the device; if not, batches are assembled in host memory a step ahead."""
 
     def __init__(self, batches: JointBatches, device, storage_dtype: torch.dtype = torch.float16,
                  memory_budget: float | None = None, prefetch: bool = True):

@@ -23,8 +23,9 @@ from mmlib.metrics import segmentation_metrics
 
 #: Windows per forward pass of one subset's prediction (`predict_case`'s default).
 SW_BATCH = 4
-#: Windows per forward pass when a case's subsets are predicted together (all of them at once).
-SW_BATCH_SUBSETS = 16
+#: Windows per forward pass when a case's subsets are predicted together, by device type: a GPU
+#: is busier with more; on 2 CPU cores 4 beat 16 (benchmarks/bench_engine.py, fp32).
+SW_BATCH_SUBSETS = {"cpu": 4, "cuda": 16}
 
 ROW_COLUMNS = ("database", "case_id", "model", "subset", "n_modalities",
                "dice", "sensitivity", "precision", "assd", "lesion_ml", "predicted_ml")
@@ -38,14 +39,15 @@ def predict_subsets(
     overlap: float,
     device: str | torch.device = "auto",
     amp: bool = False,
-    sw_batch: int = SW_BATCH_SUBSETS,
+    sw_batch: int | None = None,
     channels_last: bool | None = None,
 ) -> np.ndarray:
     """Binary masks (S, X, Y, Z) of an image (C, X, Y, Z) seen through S channel masks `presents`
     (S, C) bool (None: the image as is, S = 1), in one sliding-window pass: subsets stacked on the
-    batch axis, `sw_batch` windows of any of them per forward. amp: autocast as in training;
+    batch axis, `sw_batch` windows of any of them per forward (None: SW_BATCH_SUBSETS). amp: autocast;
     channels_last (None: on CPU) also converts the model. Overhanging windows are zero-padded."""
     device = pick_device(device)
+    sw_batch = sw_batch or SW_BATCH_SUBSETS.get(device.type, SW_BATCH_SUBSETS["cuda"])
     if channels_last is None:
         channels_last = device.type == "cpu"
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -127,7 +129,7 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
             step = max_subsets or len(subsets)
             preds = [p for a in range(0, len(subsets), step)
                      for p in predict_subsets(model, image, presents[a:a + step], roi, overlap, device, amp,
-                                             sw_batch or SW_BATCH_SUBSETS, channels_last)]
+                                             sw_batch, channels_last)]
         else:  # one sliding-window pass per subset (the reference for the batched path)
             preds = [predict_case(model, cmap.assemble(case, sub), roi, overlap, device, pres, amp,
                                   sw_batch or SW_BATCH, channels_last) for sub, pres in zip(subsets, presents)]

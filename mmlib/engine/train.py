@@ -1,9 +1,8 @@
 """The training loop of the paper (the paper, Training): Adam, lr x0.1 after a step, Dice loss.
 
-Plain PyTorch, read top to bottom. Batches that offer `batch(step)` (JointBatches) are drawn by
-step number, so a run resumes from `out_dir/last.pt` with only the step, weights, optimiser and
-torch RNG, and a resumed run equals an uninterrupted one (bitwise on CPU). Losses stay on the
-device and are read back every `log_every` steps: no host synchronisation per step.
+Plain PyTorch, read top to bottom. JointBatches are drawn by step number, so a run resumes from
+out_dir/last.pt with the step, weights, optimiser and torch RNG, equal to an uninterrupted run
+(bitwise on CPU). Losses stay on the device, read back every `log_every` steps.
 """
 
 from __future__ import annotations
