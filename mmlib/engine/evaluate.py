@@ -40,18 +40,18 @@ def predict_subsets(
     device: str | torch.device = "auto",
     amp: bool = False,
     sw_batch: int | None = None,
-    channels_last: bool | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Binary masks (S, X, Y, Z) of an image (C, X, Y, Z) seen through S channel masks `presents`
     (S, C) bool (None: the image as is, S = 1), in one sliding-window pass: subsets stacked on the
     batch axis, `sw_batch` windows of any of them per forward (None: SW_BATCH_SUBSETS). amp: autocast;
-    channels_last (None: on CPU) also converts the model. Overhanging windows are zero-padded."""
+    channels_last also converts the weights (no gain measured in CPU inference, unlike training).
+    Windows overhanging the volume are zero-padded."""
     device = pick_device(device)
     sw_batch = sw_batch or SW_BATCH_SUBSETS.get(device.type, SW_BATCH_SUBSETS["cuda"])
-    if channels_last is None:
-        channels_last = device.type == "cpu"
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format).eval()
+    # Without channels_last the weights keep their layout (channels-last after CPU training).
+    (model.to(device, memory_format=memory_format) if channels_last else model.to(device)).eval()
     base = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
     if presents is None:
         x, pres = base[None], None
@@ -87,7 +87,7 @@ def predict_case(
     present: np.ndarray | None = None,
     amp: bool = False,
     sw_batch: int = SW_BATCH,
-    channels_last: bool | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Binary lesion mask (X, Y, Z) bool of an image (C, X, Y, Z): sliding roi^3 windows,
     sigmoid > 0.5. `present` (C,) bool tells fusion models which channels hold a modality (the
@@ -109,7 +109,7 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
               channel_map: ChannelMap | dict, roi: int, overlap: float, device: str | torch.device,
               model_name: str, extra: dict | None, progress: bool, amp: bool = False,
               batched: bool = True, max_subsets: int | None = None,
-              channels_last: bool | None = None, sw_batch: int | None = None) -> pd.DataFrame:
+              channels_last: bool = False, sw_batch: int | None = None) -> pd.DataFrame:
     """Predict and score each (case, subset) of `jobs`; one row each in the order of `jobs`, `extra`
     columns appended. batched: a case's subsets in one pass (at most `max_subsets` per pass)."""
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
@@ -154,7 +154,7 @@ def evaluate_cases(
     amp: bool = False,
     batched: bool = True,
     max_subsets: int | None = None,
-    channels_last: bool | None = None,
+    channels_last: bool = False,
     sw_batch: int | None = None,
 ) -> pd.DataFrame:
     """One row per case, predicted from the modalities in `subset` (each case's own if None); with
@@ -182,7 +182,7 @@ def evaluate_all_combinations(
     amp: bool = False,
     batched: bool = True,
     max_subsets: int | None = None,
-    channels_last: bool | None = None,
+    channels_last: bool = False,
     sw_batch: int | None = None,
 ) -> pd.DataFrame:
     """One row per case x non-empty subset of its modalities (2^C - 1 each; Table 2's brackets);
