@@ -1,7 +1,7 @@
 """Inference and evaluation: sliding-window prediction, one tidy row per case x modality subset.
 
 Rows have the columns of `ROW_COLUMNS` (plus any `extra` ones such as seed or training), so
-every table of the paper is a groupby away (STYLE.md).
+every table of the paper is a groupby away (docs/RESULTS_SCHEMA.md).
 """
 
 from __future__ import annotations
