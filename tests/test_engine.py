@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from mmlib.data.cases import IGNORE, PreparedCase
-from mmlib.data.loaders import ChannelMap
+from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import checkpoint as ckpt
 from mmlib.engine.baselines import threshold_baseline
-from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case
+from mmlib.engine.device import cpu_bf16_native
+from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case, predict_subsets
 from mmlib.engine.train import train
 from mmlib.errors import CheckpointError
 
@@ -206,6 +207,184 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert _same_parameters(straight, resumed)
 
 
+def joint_batches(seed: int = 0, **kw) -> JointBatches:
+    cases = [toy_case(f"c{i}", i) for i in range(3)]
+    args = dict(crop=16, batch_per_database=2, drop=True, rotate_p=0.5, lesion_crop_p=0.5, seed=seed)
+    return JointBatches({"TOY": cases}, CMAP, **{**args, **kw})
+
+
+class InterruptedBatches(JointBatches):
+    """JointBatches that raise KeyboardInterrupt when asked for batch `interrupt_at` (once)."""
+
+    interrupt_at = None
+
+    def batch(self, step, rank=0, world_size=1):
+        if step == self.interrupt_at:
+            self.interrupt_at = None
+            raise KeyboardInterrupt
+        return super().batch(step, rank, world_size)
+
+
+def test_resume_with_joint_batches_needs_only_the_step_and_equals_an_uninterrupted_run(tmp_path):
+    straight = tiny_net()
+    want = run(tmp_path / "straight", 6, model=straight, batches=joint_batches(), lr_drop_step=4).losses
+
+    run(tmp_path / "split", 3, batches=joint_batches(), lr_drop_step=4)
+    assert ckpt.load_checkpoint(tmp_path / "split" / "last.pt")["extra"]["batches"] == {"step": 3}
+    resumed = tiny_net(seed=99)
+    got = run(tmp_path / "split", 6, model=resumed, batches=joint_batches(), lr_drop_step=4).losses
+    assert got == want and _same_parameters(straight, resumed)
+
+
+def test_ctrl_c_with_joint_batches_resumes_exactly(tmp_path):
+    straight = tiny_net()
+    run(tmp_path / "straight", 5, model=straight, batches=joint_batches())
+
+    cut = InterruptedBatches({"TOY": joint_batches().sets["TOY"]}, CMAP, crop=16, batch_per_database=2,
+                             drop=True, rotate_p=0.5, lesion_crop_p=0.5, seed=0)
+    cut.interrupt_at = 3
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", 5, batches=cut, log_every=2)
+    state = ckpt.load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert state["step"] == 3 and len(state["extra"]["losses"]) == 3
+    resumed = tiny_net(seed=99)
+    run(tmp_path / "cut", 5, model=resumed, batches=joint_batches())
+    assert _same_parameters(straight, resumed)
+
+
+def test_train_seeds_torch_itself_so_the_global_rng_before_does_not_matter(tmp_path):
+    a, b = tiny_net(), tiny_net()
+    torch.manual_seed(123)
+    la = run(tmp_path / "a", 3, model=a, batches=joint_batches(), seed=5).losses
+    torch.manual_seed(456)
+    torch.rand(10)
+    lb = run(tmp_path / "b", 3, model=b, batches=joint_batches(), seed=5).losses
+    assert la == lb and _same_parameters(a, b)
+
+
+def test_losses_are_read_back_every_log_every_steps_not_every_step(tmp_path, monkeypatch):
+    import traceback
+
+    want = run(tmp_path / "each", 7, log_every=1).losses
+    reads = []  # host reads of tensors by mmlib's engine (each one waits for a GPU)
+    item, tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def counted(fn):
+        def wrapper(self, *args, **kwargs):
+            if "mmlib/engine" in traceback.extract_stack()[-2].filename:
+                reads.append(self.numel())
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(torch.Tensor, "item", counted(item))
+    monkeypatch.setattr(torch.Tensor, "tolist", counted(tolist))
+    got = run(tmp_path / "every3", 7, log_every=3).losses
+    monkeypatch.undo()
+    assert got == want and len(got) == 7
+    assert reads == [3, 3, 1]  # after steps 3 and 6, and at the end
+
+
+def test_checkpoints_are_written_by_the_clock_and_at_the_end(tmp_path, monkeypatch):
+    train_module = importlib.import_module("mmlib.engine.train")
+
+    saved = []
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda path, *args, **kw: saved.append((path.name, args[3])))
+
+    class Clock:  # every reading is 100 s after the previous one: the start, then one per step
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls):
+            cls.now += 100.0
+            return cls.now
+
+    monkeypatch.setattr(train_module, "time", Clock)
+    run(tmp_path / "a", 4, checkpoint_seconds=250)
+    assert saved == [("last.pt", 3), ("last.pt", 4), ("final.pt", 4)]  # 300 s after the start
+    saved.clear()
+    run(tmp_path / "b", 4, checkpoint_seconds=None)
+    assert saved == [("last.pt", 4), ("final.pt", 4)]
+
+
+class DtypeNet(TinyNet):
+    """Records the dtype its first conv computes in."""
+
+    def forward(self, x, present=None):
+        h = self.conv(x)
+        self.seen_dtype = h.dtype
+        return self.head(torch.relu(h))
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no native bf16")
+def test_amp_on_cpu_runs_the_network_in_bf16_and_the_loss_in_fp32(tmp_path):
+    torch.manual_seed(0)
+    net = DtypeNet()
+    losses = run(tmp_path / "bf16", 3, model=net, amp=True).losses
+    assert net.seen_dtype == torch.bfloat16 and all(np.isfinite(losses))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    run(tmp_path / "fp32", 1, model=net, amp=False)
+    assert net.seen_dtype == torch.float32
+
+
+def test_amp_on_a_cpu_without_bf16_warns_and_trains_in_fp32(tmp_path, monkeypatch):
+    from mmlib.engine import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_bf16_native", lambda: False)
+    torch.manual_seed(0)
+    net = DtypeNet()
+    with pytest.warns(UserWarning, match="float32"):
+        run(tmp_path, 1, model=net, amp=True)
+    assert net.seen_dtype == torch.float32
+
+
+class MixedDtypeNet(TinyNet):
+    """Writes its features into a float32 tensor with index_put, which fails under autocast."""
+
+    def forward(self, x, present=None):
+        h = torch.relu(self.conv(x))
+        z = x.new_zeros((x.shape[0], *h.shape[1:]))
+        z = z.index_put((torch.arange(x.shape[0]),), self.drop(h))
+        return self.head(z)
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no native bf16")
+def test_a_model_that_fails_under_autocast_warns_and_trains_like_fp32(tmp_path):
+    torch.manual_seed(0)
+    fp32, amp = MixedDtypeNet(), MixedDtypeNet()
+    amp.load_state_dict(fp32.state_dict())
+    want = run(tmp_path / "fp32", 3, model=fp32, batches=joint_batches()).losses
+    with pytest.warns(UserWarning, match="fails under autocast"):
+        got = run(tmp_path / "amp", 3, model=amp, batches=joint_batches(), amp=True).losses
+    assert got == want and _same_parameters(fp32, amp)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_is_an_option(tmp_path, channels_last):
+    net = tiny_net()
+    run(tmp_path, 1, model=net, channels_last=channels_last)
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    assert net.conv.weight.is_contiguous(memory_format=fmt)
+
+
+def test_compiled_forward_trains_like_the_plain_one(tmp_path):
+    plain, compiled = tiny_net(), tiny_net()
+    want = run(tmp_path / "plain", 3, model=plain, batches=joint_batches()).losses
+    got = run(tmp_path / "compiled", 3, model=compiled, batches=joint_batches(),
+              compile={"backend": "eager"}).losses
+    assert got == want and _same_parameters(plain, compiled)
+    assert "_orig_mod" not in "".join(ckpt.load_checkpoint(tmp_path / "compiled" / "final.pt")["model"])
+
+
+def test_batches_drawn_on_the_device_train_and_resume(tmp_path):
+    straight = tiny_net()
+    want = run(tmp_path / "straight", 4, model=straight, batches=joint_batches(), data_on_device=True).losses
+    run(tmp_path / "split", 2, batches=joint_batches(), data_on_device=True)
+    resumed = tiny_net(seed=3)
+    got = run(tmp_path / "split", 4, model=resumed, batches=joint_batches(), data_on_device=True).losses
+    assert got == want and _same_parameters(straight, resumed)
+
+
 # --- inference and evaluation -------------------------------------------------------------
 
 def test_predict_case_returns_the_input_shape_for_sizes_not_divisible_by_16():
@@ -243,6 +422,105 @@ def test_evaluate_all_combinations_gives_one_row_per_case_and_non_empty_subset()
     assert {"FLAIR", "T1+T2", "FLAIR+T1+T2"} <= set(rows["subset"])
     assert rows.groupby("subset")["n_modalities"].first()["FLAIR+T2"] == 2
     assert set(rows["training"]) == {"drop"}
+
+
+class PresenceNet(nn.Module):
+    """Checks every window against its `present` row: absent channels all zero, present ones
+    not (the toy images below are non-zero everywhere). Records the batch sizes it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes, self.rows = [], set()
+
+    def forward(self, x, present=None):
+        self.batch_sizes.append(x.shape[0])
+        nonzero = x.flatten(2).abs().amax(-1) > 0
+        assert torch.equal(nonzero, present), (nonzero, present)
+        self.rows.update(tuple(r) for r in present.tolist())
+        return x[:, :1] * 0.0
+
+
+def dense_case(case_id="d0", modalities=("FLAIR", "T1", "T2"), shape=(20, 17, 13)) -> PreparedCase:
+    case = toy_case(case_id, 0, modalities, shape)
+    case.image[:] = np.abs(case.image) + 0.1  # no zero voxel: a channel's absence shows
+    return case
+
+
+def test_batched_evaluation_feeds_each_window_its_own_subsets_present_mask():
+    net = PresenceNet()
+    rows = evaluate_all_combinations(net, [dense_case()], CMAP, roi=16, overlap=0.5, device="cpu",
+                                     progress=False, sw_batch=16)
+    assert len(rows) == 7 and len(net.rows) == 7
+    assert max(net.batch_sizes) == 16  # 4 windows a subset: windows of 4 subsets in one pass
+
+
+def test_cpu_inference_never_runs_a_batch_of_one():
+    net = PresenceNet()
+    evaluate_cases(net, [dense_case(shape=(16, 16, 16))], CMAP, roi=16, overlap=0.0, device="cpu", progress=False)
+    assert net.batch_sizes == [2]  # one window, run twice
+    net.batch_sizes.clear()
+    # 17 windows per subset: the last pass of SW_BATCH_SUBSETS = 16 would hold one
+    predict_subsets(net, dense_case(shape=(16, 16, 16 * 17)).image[:1].repeat(3, 0),
+                    np.array([[True, True, True]]), roi=16, overlap=0.0, device="cpu", sw_batch=16)
+    assert net.batch_sizes == [16, 2]
+
+
+def real_multiunet(in_channels: int = 3):
+    from mmlib.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("multiunet", in_channels, 0.25).eval()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mmlib.models") is None, reason="mmlib.models not written yet")
+def test_batched_evaluation_gives_bit_for_bit_the_masks_of_one_pass_per_subset():
+    model = real_multiunet()
+    cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2"), shape=(40, 36, 20)),
+             toy_case("c1", 1, ("FLAIR", "T2"), shape=(33, 32, 34))]
+    # the masks themselves (rows only carry their metrics)
+    image = CMAP.assemble(cases[0])
+    presents = np.array([[s in sub for s in CMAP.modalities] for sub in
+                         [("FLAIR",), ("T1", "T2"), ("FLAIR", "T1", "T2")]])
+    together = predict_subsets(model, image, presents, roi=32, overlap=0.25, device="cpu")
+    for pres, mask in zip(presents, together):
+        alone = predict_case(model, np.where(pres[:, None, None, None], image, 0.0), 32, 0.25, "cpu", pres)
+        assert np.array_equal(mask, alone)
+    assert 0.02 < together.mean() < 0.98  # a mix of lesion and background: the test can fail
+    kw = dict(roi=32, overlap=0.25, device="cpu", progress=False)
+    batched = evaluate_all_combinations(model, cases, CMAP, **kw)
+    one_by_one = evaluate_all_combinations(model, cases, CMAP, batched=False, **kw)
+    pd.testing.assert_frame_equal(batched, one_by_one)
+    assert len(batched) == 7 + 3
+
+
+def test_evaluate_cases_with_several_subsets_equals_one_call_per_subset():
+    cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2")), toy_case("c1", 1, ("FLAIR", "T1", "T2"))]
+    subsets = [("T1",), ("FLAIR", "T2"), ("FLAIR",)]
+    kw = dict(roi=16, overlap=0.25, device="cpu", progress=False, extra={"seed": 1})
+    together = evaluate_cases(ThresholdNet(), cases, CMAP, subsets=subsets, **kw)
+    apart = pd.concat([evaluate_cases(ThresholdNet(), cases, CMAP, subset=s, **kw) for s in subsets],
+                      ignore_index=True)
+    pd.testing.assert_frame_equal(together, apart)
+    assert together["subset"].tolist() == ["T1", "T1", "FLAIR+T2", "FLAIR+T2", "FLAIR", "FLAIR"]
+    with pytest.raises(ValueError):
+        evaluate_cases(ThresholdNet(), cases, CMAP, subset=("T1",), subsets=subsets, **kw)
+
+
+def test_max_subsets_bounds_a_pass_without_changing_the_rows():
+    case, kw = toy_case("c0", 0, ("FLAIR", "T1", "T2")), dict(roi=16, overlap=0.0, device="cpu", progress=False)
+    whole = evaluate_all_combinations(ThresholdNet(), [case], CMAP, **kw)
+    net = PresenceNet()
+    evaluate_all_combinations(net, [dense_case(shape=(16, 16, 16))], CMAP, max_subsets=2, **kw)
+    assert max(net.batch_sizes) == 2 and len(net.rows) == 7  # one window, two subsets per pass
+    pd.testing.assert_frame_equal(evaluate_all_combinations(ThresholdNet(), [case], CMAP, max_subsets=3, **kw), whole)
+
+
+def test_predict_case_autocasts_only_when_asked():
+    net = DtypeNet()
+    predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu")
+    assert net.seen_dtype == torch.float32
+    predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu", amp=True)
+    assert net.seen_dtype == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
 
 
 # --- baseline -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 
 from mmlib.data.cases import IGNORE, PreparedCase
 from mmlib.data.loaders import ChannelMap, JointBatches, all_subsets, modality_drop
-from mmlib.errors import ModalityError
+from mmlib.errors import MMLibError, ModalityError
 
 
 def case(database, case_id, modalities, shape=(10, 12, 8), lesion=True, seed=0):
@@ -196,3 +196,110 @@ def test_assemble_needs_channels_only_for_the_modalities_given():
     t1_only = ChannelMap.from_databases([("T1",)])
     out = t1_only.assemble(case, subset=("T1",))
     assert out.shape == (1, 4, 4, 4) and np.all(out[0] == 2.0)
+
+
+# --------------------------------------------------------------------------- counter-based batches
+
+def _same_batch(a, b):
+    return all(torch.equal(a[k], b[k]) for k in ("x", "y", "valid", "present")) and \
+        a["case_id"] == b["case_id"] and a["database"] == b["database"]
+
+
+def test_batch_of_a_step_is_the_same_in_any_order_and_equals_iteration():
+    it = batches(seed=2)
+    iterated = [next(it) for _ in range(5)]
+    direct = batches(seed=2)
+    for step in (4, 0, 3, 3, 1, 2):
+        assert _same_batch(direct.batch(step), iterated[step])
+    assert [b["step"] for b in iterated] == [0, 1, 2, 3, 4]
+
+
+def test_different_seeds_give_different_batches():
+    a, b = batches(seed=0), batches(seed=1)
+    assert not all(torch.equal(a.batch(s)["x"], b.batch(s)["x"]) for s in range(3))
+
+
+def test_a_database_samples_do_not_depend_on_the_other_databases():
+    sets = databases()
+    both = JointBatches(sets, channel_map(), crop=8, batch_per_database=2, drop=True, rotate_p=0.5,
+                        lesion_crop_p=0.5, seed=4)
+    alone = JointBatches({"WMH": sets["WMH"]}, channel_map(), crop=8, batch_per_database=2, drop=True,
+                         rotate_p=0.5, lesion_crop_p=0.5, seed=4)
+    for step in range(4):
+        full, part = both.batch(step), alone.batch(step)
+        wmh = [i for i, d in enumerate(full["database"]) if d == "WMH"]
+        assert torch.equal(full["x"][wmh], part["x"]) and [full["case_id"][i] for i in wmh] == part["case_id"]
+
+
+def test_each_epoch_of_a_database_is_a_new_permutation_of_its_cases():
+    it = batches(seed=0)
+    orders = [[it.case_at("BRATS", e * 6 + i) for i in range(6)] for e in range(4)]
+    assert all(sorted(o) == list(range(6)) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4, 6, 8])
+def test_ranks_draw_disjoint_shares_whose_union_is_the_global_batch(world_size):
+    it = batches(seed=5)
+    whole = it.batch(3)
+    assert whole["global_batch"] == 6 and whole["index"] == list(range(6))
+    seen = []
+    for rank in range(world_size):
+        share = it.batch(3, rank=rank, world_size=world_size)
+        assert share["global_batch"] == 6
+        assert all(i % world_size == rank for i in share["index"])
+        assert torch.equal(share["x"], whole["x"][share["index"]])
+        assert torch.equal(share["y"], whole["y"][share["index"]])
+        assert share["case_id"] == [whole["case_id"][i] for i in share["index"]]
+        seen += share["index"]
+    assert sorted(seen) == list(range(6))
+
+
+def test_a_rank_outside_the_world_raises():
+    with pytest.raises(MMLibError):
+        batches().batch(0, rank=2, world_size=2)
+
+
+def test_rotations_use_only_the_planes_asked_for():
+    import dataclasses
+
+    it = batches(rotate_p=1.0, rotate_planes=((0, 2),), crop=6)
+    plans = [p for s in range(10) for p in it.plan(s)]
+    assert {p.plane for p in plans} == {(0, 2)} and {p.k for p in plans} == {1, 2, 3}
+    for p in plans[:6]:
+        x, label, _ = it._draw(p)
+        x0, label0, _ = it._draw(dataclasses.replace(p, k=0))
+        np.testing.assert_array_equal(x, np.rot90(x0, p.k, axes=(1, 3)))
+        np.testing.assert_array_equal(label, np.rot90(label0, p.k, axes=(0, 2)))
+
+
+def test_default_rotations_cover_the_three_planes_at_rate_rotate_p():
+    it = batches(rotate_p=0.3)
+    plans = [p for s in range(300) for p in it.plan(s)]
+    rotated = [p for p in plans if p.k]
+    assert abs(len(rotated) / len(plans) - 0.3) < 0.04
+    assert {p.plane for p in rotated} == {(0, 1), (0, 2), (1, 2)}
+
+
+@pytest.mark.parametrize("planes", [(), ((0, 0),), ((0, 3),), ((0, 1, 2),)])
+def test_bad_rotation_planes_raise(planes):
+    with pytest.raises(MMLibError, match="rotate_planes"):
+        batches(rotate_planes=planes)
+
+
+def test_drop_keeps_follow_modality_drop_distribution():
+    it = batches(drop=True)
+    brats = [p.keep for s in range(400) for p in it.plan(s) if p.database == "BRATS"]
+    dropped = np.bincount([4 - sum(k) for k in brats], minlength=4) / len(brats)
+    assert np.allclose(dropped, 0.25, atol=0.05)  # n ~ U{0..3} of 4 modalities dropped
+
+
+def test_state_dict_is_the_step_and_resumes_iteration():
+    it = batches(seed=1)
+    for _ in range(3):
+        next(it)
+    state = it.state_dict()
+    assert state["step"] == 3
+    other = batches(seed=1)
+    other.load_state_dict(state)
+    assert _same_batch(next(other), next(it))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,8 +40,24 @@ def pick_device(requested: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def amp_dtype() -> torch.dtype:
-    """The mixed-precision dtype on CUDA: bf16 where the GPU supports it, else fp16."""
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX-BF16; Linux only).
+
+    Elsewhere bf16 would be emulated, which is slower than float32, so autocast stays off.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def amp_dtype(device: str | torch.device | None = None) -> torch.dtype | None:
+    """The mixed-precision dtype of `device` (None: the CUDA one): bf16 on a GPU that has it,
+    else fp16; on CPU bf16 where `cpu_bf16_native()`, else None (no autocast)."""
+    if device is not None and torch.device(device).type == "cpu":
+        return torch.bfloat16 if cpu_bf16_native() else None
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
 
 

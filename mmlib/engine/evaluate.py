@@ -1,7 +1,7 @@
 """Inference and evaluation: sliding-window prediction, one tidy row per case x modality subset.
 
 Rows have the columns of `ROW_COLUMNS` (plus any `extra` ones such as seed or training), so
-every table of the paper is a groupby away (STYLE.md).
+every table of the paper is a groupby away (docs/RESULTS_SCHEMA.md).
 """
 
 from __future__ import annotations
@@ -21,11 +21,61 @@ from mmlib.data.modalities import sort_modalities
 from mmlib.engine.device import amp_dtype, pick_device
 from mmlib.metrics import segmentation_metrics
 
-#: Windows per forward pass in sliding-window inference.
+#: Windows per forward pass of one subset's prediction (`predict_case`'s default).
 SW_BATCH = 4
+#: Windows per forward pass when a case's subsets are predicted together, by device type: a GPU
+#: is busier with more; on 2 CPU cores 4 beat 16 (benchmarks/bench_engine.py, fp32).
+SW_BATCH_SUBSETS = {"cpu": 4, "cuda": 16}
 
 ROW_COLUMNS = ("database", "case_id", "model", "subset", "n_modalities",
                "dice", "sensitivity", "precision", "assd", "lesion_ml", "predicted_ml")
+
+
+def predict_subsets(
+    model: nn.Module,
+    image: np.ndarray,
+    presents: np.ndarray | None,
+    roi: int,
+    overlap: float,
+    device: str | torch.device = "auto",
+    amp: bool = False,
+    sw_batch: int | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Binary masks (S, X, Y, Z) of an image (C, X, Y, Z) seen through S channel masks `presents`
+    (S, C) bool (None: the image as is, S = 1), in one sliding-window pass: subsets stacked on the
+    batch axis, `sw_batch` windows of any of them per forward (None: SW_BATCH_SUBSETS). amp: autocast;
+    channels_last also converts the weights (no gain measured in CPU inference, unlike training).
+    Windows overhanging the volume are zero-padded."""
+    device = pick_device(device)
+    sw_batch = sw_batch or SW_BATCH_SUBSETS.get(device.type, SW_BATCH_SUBSETS["cuda"])
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    # Without channels_last the weights keep their layout (channels-last after CPU training).
+    (model.to(device, memory_format=memory_format) if channels_last else model.to(device)).eval()
+    base = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
+    if presents is None:
+        x, pres = base[None], None
+    else:
+        pres = torch.as_tensor(np.asarray(presents, bool), device=device)
+        x = torch.where(pres[:, :, None, None, None], base[None], 0.0)  # absent channels: +0.0
+    dtype = amp_dtype(device) if amp else None
+
+    def predictor(window: torch.Tensor, coords) -> torch.Tensor:
+        n = window.shape[0]
+        # Each window carries its own subset's mask: MONAI names the input row of every window.
+        p = None if pres is None else pres[[c[0].start for c in coords]]
+        if n == 1 and device.type == "cpu":
+            # PyTorch's CPU conv falls back to a kernel several times slower for a batch of one
+            # small volume; a batch of two (the window twice) is faster than one.
+            window = torch.cat([window, window])
+            p = None if p is None else torch.cat([p, p])
+        window = window.contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return model(window, present=p).float()[:n]
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(x, (roi,) * 3, sw_batch, predictor, overlap=overlap, with_coord=True)
+        return (torch.sigmoid(logits[:, 0]) > 0.5).cpu().numpy()
 
 
 def predict_case(
@@ -35,28 +85,15 @@ def predict_case(
     overlap: float,
     device: str | torch.device = "auto",
     present: np.ndarray | None = None,
+    amp: bool = False,
+    sw_batch: int = SW_BATCH,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Binary lesion mask (X, Y, Z) bool of an image (C, X, Y, Z): sliding roi^3 windows,
-    sigmoid > 0.5. `present` (C,) bool tells fusion models which channels hold a modality.
-    Any volume size works: windows overhanging the volume are zero-padded."""
-    device = pick_device(device)
-    model.to(device).eval()
-    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)[None]
-    pres = None if present is None else torch.as_tensor(np.asarray(present, bool), device=device)[None]
-
-    def predictor(window: torch.Tensor) -> torch.Tensor:
-        n = window.shape[0]
-        if n == 1 and device.type == "cpu":
-            # PyTorch's CPU conv falls back to a kernel several times slower for a batch of one
-            # small volume; a batch of two (the window twice) is faster than one.
-            window = torch.cat([window, window])
-        p = None if pres is None else pres.expand(window.shape[0], -1)
-        with torch.autocast(device.type, dtype=amp_dtype(), enabled=device.type == "cuda"):
-            return model(window, present=p).float()[:n]
-
-    with torch.inference_mode():
-        logits = sliding_window_inference(x, (roi,) * 3, SW_BATCH, predictor, overlap=overlap)
-        return (torch.sigmoid(logits[0, 0]) > 0.5).cpu().numpy()
+    sigmoid > 0.5. `present` (C,) bool tells fusion models which channels hold a modality (the
+    others are read as zeros). amp, channels_last: see `predict_subsets`. Any volume size works."""
+    presents = None if present is None else np.asarray(present, bool)[None]
+    return predict_subsets(model, image, presents, roi, overlap, device, amp, sw_batch, channels_last)[0]
 
 
 def case_row(case: PreparedCase, pred: np.ndarray, subset: Sequence[str], model_name: str) -> dict:
@@ -70,17 +107,34 @@ def case_row(case: PreparedCase, pred: np.ndarray, subset: Sequence[str], model_
 
 def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | None]],
               channel_map: ChannelMap | dict, roi: int, overlap: float, device: str | torch.device,
-              model_name: str, extra: dict | None, progress: bool) -> pd.DataFrame:
-    """Predict and score each (case, subset) of `jobs`; one row each, `extra` columns appended."""
+              model_name: str, extra: dict | None, progress: bool, amp: bool = False,
+              batched: bool = True, max_subsets: int | None = None,
+              channels_last: bool = False, sw_batch: int | None = None) -> pd.DataFrame:
+    """Predict and score each (case, subset) of `jobs`; one row each in the order of `jobs`, `extra`
+    columns appended. batched: a case's subsets in one pass (at most `max_subsets` per pass)."""
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
     device = pick_device(device)
-    rows = []
-    for case, subset in tqdm(jobs, desc=f"evaluate {model_name}", disable=not progress):
-        subset = sort_modalities(case.modalities if subset is None else subset)
-        present = np.zeros(len(cmap), bool)
-        present[cmap.channels(subset)] = True
-        pred = predict_case(model, cmap.assemble(case, subset), roi, overlap, device, present)
-        rows.append({**case_row(case, pred, subset, model_name), **(extra or {})})
+    by_case: dict[int, list[int]] = {}
+    for i, (case, _) in enumerate(jobs):
+        by_case.setdefault(id(case), []).append(i)
+    rows = [None] * len(jobs)
+    for idxs in tqdm(list(by_case.values()), desc=f"evaluate {model_name}", unit="case", disable=not progress):
+        case = jobs[idxs[0]][0]
+        subsets = [sort_modalities(case.modalities if jobs[i][1] is None else jobs[i][1]) for i in idxs]
+        presents = np.zeros((len(subsets), len(cmap)), bool)
+        for r, subset in enumerate(subsets):
+            presents[r, cmap.channels(subset)] = True
+        if batched:
+            image = cmap.assemble(case, sorted({m for sub in subsets for m in sub}))
+            step = max_subsets or len(subsets)
+            preds = [p for a in range(0, len(subsets), step)
+                     for p in predict_subsets(model, image, presents[a:a + step], roi, overlap, device, amp,
+                                             sw_batch, channels_last)]
+        else:  # one sliding-window pass per subset (the reference for the batched path)
+            preds = [predict_case(model, cmap.assemble(case, sub), roi, overlap, device, pres, amp,
+                                  sw_batch or SW_BATCH, channels_last) for sub, pres in zip(subsets, presents)]
+        for i, subset, pred in zip(idxs, subsets, preds):
+            rows[i] = {**case_row(case, pred, subset, model_name), **(extra or {})}
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *(extra or {})])
 
 
@@ -95,10 +149,23 @@ def evaluate_cases(
     model_name: str = "model",
     extra: dict | None = None,
     progress: bool = True,
+    *,
+    subsets: Sequence[Sequence[str]] | None = None,
+    amp: bool = False,
+    batched: bool = True,
+    max_subsets: int | None = None,
+    channels_last: bool = False,
+    sw_batch: int | None = None,
 ) -> pd.DataFrame:
-    """One row per case, predicted from the modalities in `subset` (each case's own if None)."""
-    return _evaluate(model, [(c, subset) for c in cases], channel_map, roi, overlap, device,
-                     model_name, extra, progress)
+    """One row per case, predicted from the modalities in `subset` (each case's own if None); with
+    `subsets`, one row per subset and case (subset-major, as one call per subset would give), a
+    case's subsets predicted in one pass (at most `max_subsets` per pass unless `batched` is False).
+    amp (off by default), channels_last, sw_batch: see `predict_subsets`."""
+    if subsets is not None and subset is not None:
+        raise ValueError("give `subset` or `subsets`, not both")
+    wanted = [subset] if subsets is None else list(subsets)
+    return _evaluate(model, [(c, s) for s in wanted for c in cases], channel_map, roi, overlap, device,
+                     model_name, extra, progress, amp, batched, max_subsets, channels_last, sw_batch)
 
 
 def evaluate_all_combinations(
@@ -111,7 +178,16 @@ def evaluate_all_combinations(
     model_name: str = "model",
     extra: dict | None = None,
     progress: bool = True,
+    *,
+    amp: bool = False,
+    batched: bool = True,
+    max_subsets: int | None = None,
+    channels_last: bool = False,
+    sw_batch: int | None = None,
 ) -> pd.DataFrame:
-    """One row per case x non-empty subset of its modalities (2^C - 1 each; Table 2's brackets)."""
+    """One row per case x non-empty subset of its modalities (2^C - 1 each; Table 2's brackets);
+    all subsets of a case in one sliding-window pass (or `max_subsets` at a time) unless `batched`
+    is False. amp (off by default), channels_last, sw_batch: see `predict_subsets`."""
     jobs = [(c, s) for c in cases for s in all_subsets(c.modalities)]
-    return _evaluate(model, jobs, channel_map, roi, overlap, device, model_name, extra, progress)
+    return _evaluate(model, jobs, channel_map, roi, overlap, device, model_name, extra, progress,
+                     amp, batched, max_subsets, channels_last, sw_batch)

@@ -1,13 +1,14 @@
-"""The training loop of the paper (PAPER.md, Training): Adam, lr x0.1 after a step, Dice loss.
+"""The training loop of the paper (the paper, Training): Adam, lr x0.1 after a step, Dice loss.
 
-Plain PyTorch, read top to bottom. A run resumes from `out_dir/last.pt` exactly where it
-stopped (model, optimiser, data position and RNG state), so a resumed run equals an
-uninterrupted one (bitwise on CPU).
+Plain PyTorch, read top to bottom. JointBatches are drawn by step number, so a run resumes from
+out_dir/last.pt with the step, weights, optimiser and torch RNG, equal to an uninterrupted run
+(bitwise on CPU). Losses stay on the device, read back every `log_every` steps.
 """
 
 from __future__ import annotations
 
-import copy
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -18,7 +19,7 @@ from monai.losses import DiceLoss
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmlib.data.loaders import ChannelMap
+from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
@@ -46,9 +47,77 @@ def lr_at(step: int, lr: float, lr_drop_step: int | None) -> float:
     return lr * 0.1 if lr_drop_step and step >= lr_drop_step else lr
 
 
-def _data_state(batches) -> dict | None:
-    """A copy of the batch iterator's position, if it can report one."""
-    return copy.deepcopy(batches.state_dict()) if hasattr(batches, "state_dict") else None
+#: Seconds between checkpoints by default (plus one at the end and one on Ctrl-C).
+CHECKPOINT_SECONDS = 300.0
+#: Steps between loss read-backs by default (each one waits for the device).
+LOG_EVERY = 25
+
+
+def _iterator_state(batches) -> dict | None:
+    """The position of a plain batch iterator, if it reports one (its own snapshot, not copied)."""
+    return batches.state_dict() if hasattr(batches, "state_dict") else None
+
+
+class TrainStep:
+    """One optimiser step of `train`, on its own (the benchmarks time exactly this): moves the model
+    to `device` (channels-last: None = on CPU only), owns Adam and the loss scaler; called with a
+    batch and a learning rate, it returns the step's float32 loss, still on the device."""
+
+    def __init__(self, model: nn.Module, lr: float, device: str | torch.device = "auto", amp: bool = False,
+                 channels_last: bool | None = None, compile: bool | str | dict = False, dice_batch: bool = True):
+        self.device = device = pick_device(device)
+        self.model, self.dice_batch = model, dice_batch
+        # Channels-last 3D: the default on CPU (oneDNN's native layout), an option on a GPU.
+        if channels_last is None:
+            channels_last = device.type == "cpu"
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        model.to(device, memory_format=self.memory_format)
+        # Fused Adam: one kernel for all parameters on a GPU instead of a few per tensor.
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
+        self.dtype = amp_dtype(device) if amp else None
+        if amp and self.dtype is None:
+            warnings.warn("amp asked for, but this CPU has no native bf16: training in float32", stacklevel=3)
+        # bf16 needs no loss scaling; fp16 (GPUs without bf16) does.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self._autocast_tried = False
+        self.forward = model
+        if compile:
+            kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
+            self.forward = torch.compile(model, **kwargs)
+
+    def __call__(self, batch: dict, lr: float) -> torch.Tensor:
+        if self.dtype is None or self._autocast_tried:
+            return self._step(batch, lr)
+        # A model that mixes dtypes by hand (e.g. index_put of autocast output into a float32
+        # tensor) fails on its first forward: say so and train in float32, from the same RNG state.
+        self._autocast_tried, before = True, rng_state()
+        try:
+            return self._step(batch, lr)
+        except RuntimeError as err:
+            if "dtype" not in str(err):
+                raise
+            warnings.warn(f"amp asked for, but {type(self.model).__name__} fails under autocast ({err}); "
+                          f"training in float32", stacklevel=3)
+            set_rng_state(before)
+            self.dtype = None
+            return self._step(batch, lr)
+
+    def _step(self, batch: dict, lr: float) -> torch.Tensor:
+        device = self.device
+        x = torch.as_tensor(batch["x"]).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = torch.as_tensor(batch["y"]).to(device, non_blocking=True)
+        valid = torch.as_tensor(batch["valid"]).to(device, non_blocking=True)
+        present = torch.as_tensor(batch["present"]).to(device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self.forward(x, present=present)
+        loss = dice_loss(logits, y, valid, batch=self.dice_batch)  # float32
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
 
 
 def train(
@@ -61,18 +130,24 @@ def train(
     config: dict,
     channel_map: ChannelMap | dict,
     device: str | torch.device = "auto",
-    amp: bool = True,
-    checkpoint_every: int = 200,
+    amp: bool = False,
+    checkpoint_every: int | None = None,
     resume: bool = True,
     progress: bool = True,
     seed: int = 0,
+    *,
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+    log_every: int = LOG_EVERY,
+    channels_last: bool | None = None,
+    compile: bool | str | dict = False,
+    data_on_device: bool | None = None,
 ) -> TrainResult:
-    """Train `model` for `steps` steps on `batches` (dicts x, y, valid, present; see JointBatches).
-
-    Writes out_dir/last.pt every `checkpoint_every` steps and on Ctrl-C, out_dir/final.pt and
-    out_dir/losses.csv at the end. With `resume`, continues from out_dir/last.pt if it exists.
-    `config` must name 'arch' and 'width' (for `load_model`); 'dice_batch' (default True) is read.
-    """
+    """Train `model` (built and seeded by the caller) for `steps` steps on `batches`: a JointBatches
+    (drawn by step) or any iterable of dicts x, y, valid, present. Writes out_dir/last.pt every
+    `checkpoint_seconds` (or `checkpoint_every` steps), at the end and on Ctrl-C, then final.pt and
+    losses.csv. amp: bf16 autocast (CPU: if it has bf16); compile: True, a mode or torch.compile
+    kwargs; channels_last None: on CPU only. `config` names 'arch', 'width'; 'dice_batch' is read."""
+    seed_everything(seed)  # before anything random (dropout) happens
     device = pick_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,24 +156,25 @@ def train(
     config = {"in_channels": len(cmap), **config,
               "steps": steps, "lr": lr, "lr_drop_step": lr_drop_step, "seed": seed}
 
-    # Channels-last 3D memory is about a quarter faster for these convs on CPU (benchmarks/).
-    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    # Mixed precision only on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16.
-    use_amp = amp and device.type == "cuda"
-    dtype = amp_dtype()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True))
+    optimizer, scaler = one_step.optimizer, one_step.scaler
+
+    # Batches drawn by step number need no state; on a GPU a JointBatches draws them there.
+    by_step = callable(getattr(batches, "batch", None))
+    if data_on_device is None:
+        data_on_device = device.type == "cuda"
+    source = batches
+    if data_on_device and isinstance(batches, JointBatches):
+        batches = batches.to(device)
 
     # Start fresh, or pick up exactly where out_dir/last.pt left off.
-    seed_everything(seed)
     start, losses = 0, []
     if resume and last.exists():
         state = load_checkpoint(last, map_location="cpu")
         load_weights(model, state, last)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["extra"]["scaler"])
-        if state["extra"]["batches"] is not None and hasattr(batches, "load_state_dict"):
+        if not by_step and state["extra"]["batches"] is not None and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(state["extra"]["batches"])
         set_rng_state(state["rng"])
         start, losses = state["step"], list(state["extra"]["losses"])
@@ -108,46 +184,58 @@ def train(
                         config, cmap.to_dict(), rng,
                         extra={"batches": data, "losses": losses[:done], "scaler": scaler.state_dict()})
 
+    pending: list[torch.Tensor] = []  # losses of finished steps, not yet read back
+
+    def read_losses() -> None:
+        if pending:
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            bar.set_postfix(loss=f"{sum(losses[-len(pending):]) / len(pending):.4f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.0e}")
+            pending.clear()
+
     model.train()
-    batch_iter = iter(batches)
+    batch_iter = None if by_step else iter(batches)
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train")
     step, done = start, start
-    before = (rng_state(), _data_state(batches))  # where the current step began, for Ctrl-C
+    saved_at = time.monotonic()
+    rng_before, data_before = rng_state(), None  # where the current step began, for Ctrl-C
     try:
         for step in bar:
-            before = (rng_state(), _data_state(batches))
-            batch = next(batch_iter)
-            x = torch.as_tensor(batch["x"]).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = torch.as_tensor(batch["y"]).to(device, non_blocking=True)
-            valid = torch.as_tensor(batch["valid"]).to(device, non_blocking=True)
-            present = torch.as_tensor(batch["present"]).to(device, non_blocking=True)
-
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, lr, lr_drop_step)
-            with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-                logits = model(x, present=present)
-            loss = dice_loss(logits, y, valid, batch=config.get("dice_batch", True))
-            losses.append(loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            rng_before = rng_state()
+            if by_step:
+                batch = batches.batch(step)
+            else:
+                data_before = _iterator_state(batches)
+                batch = next(batch_iter)
+            loss = one_step(batch, lr_at(step, lr, lr_drop_step))
+            pending.append(loss)
             done = step + 1
 
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.0e}")
-            if done % checkpoint_every == 0 and done < steps:
-                checkpoint(last, done, rng_state(), _data_state(batches))
+            if len(pending) >= log_every:
+                read_losses()
+            due = (checkpoint_every and done % checkpoint_every == 0) or \
+                (checkpoint_seconds is not None and time.monotonic() - saved_at >= checkpoint_seconds)
+            if due and done < steps:
+                read_losses()
+                checkpoint(last, done, rng_state(), {"step": done} if by_step else _iterator_state(batches))
+                saved_at = time.monotonic()
+        read_losses()
     except KeyboardInterrupt:
         # A step cut short is dropped: the checkpoint holds the state it started from.
-        rng, data = (rng_state(), _data_state(batches)) if done == step + 1 else before
+        finished = done == step + 1
+        read_losses()
         del losses[done:]  # one loss per finished step
-        checkpoint(last, done, rng, data)
-        bar.close()
+        data = {"step": done} if by_step else (_iterator_state(batches) if finished else data_before)
+        checkpoint(last, done, rng_state() if finished else rng_before, data)
         raise
-    bar.close()
+    finally:
+        bar.close()
+        if batches is not source:
+            batches.close()  # the prefetch thread of batches drawn on the device
 
-    checkpoint(last, done, rng_state(), _data_state(batches))
-    checkpoint(final, done, rng_state(), _data_state(batches))
+    data = {"step": done} if by_step else _iterator_state(batches)
+    checkpoint(last, done, rng_state(), data)
+    checkpoint(final, done, rng_state(), data)
     pd.DataFrame({"step": range(len(losses)), "loss": losses,
                   "lr": [lr_at(s, lr, lr_drop_step) for s in range(len(losses))]}
                  ).to_csv(out_dir / "losses.csv", index=False)
