@@ -299,11 +299,13 @@ def test_checkpoints_are_written_by_the_clock_and_at_the_end(tmp_path, monkeypat
             cls.now += 100.0
             return cls.now
 
-    monkeypatch.setattr(train_module, "time", Clock)
+    import mmlib.engine.checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "time", Clock)
     run(tmp_path / "a", 4, checkpoint_seconds=250)
     assert saved == [("last.pt", 3), ("last.pt", 4), ("final.pt", 4)]  # 300 s after the start
     saved.clear()
-    run(tmp_path / "b", 4, checkpoint_seconds=None)
+    run(tmp_path / "b", 4, checkpoint_seconds=1e9)
     assert saved == [("last.pt", 4), ("final.pt", 4)]
 
 

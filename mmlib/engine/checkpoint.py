@@ -87,11 +87,11 @@ class CheckpointSchedule:
     since the last one (default checkpoint_seconds()), or every `steps` steps if given, so a
     kill loses at most that much work whatever a step costs."""
 
-    def __init__(self, seconds: float | None = None, steps: int | None = None, clock=time.monotonic):
+    def __init__(self, seconds: float | None = None, steps: int | None = None, clock=None):
         self.seconds = checkpoint_seconds() if seconds is None else float(seconds)
         self.steps = steps
-        self.clock = clock
-        self.last = clock()
+        self.clock = clock or time.monotonic
+        self.last = self.clock()
 
     def due(self, done: int) -> bool:
         """True if a checkpoint should be written after `done` steps."""

@@ -7,7 +7,6 @@ out_dir/last.pt with the step, weights, optimiser and torch RNG, equal to an uni
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmlib.data.loaders import ChannelMap, JointBatches
-from mmlib.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from mmlib.engine.checkpoint import CheckpointSchedule, load_checkpoint, load_weights, save_checkpoint
 from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
 
@@ -47,8 +46,6 @@ def lr_at(step: int, lr: float, lr_drop_step: int | None) -> float:
     return lr * 0.1 if lr_drop_step and step >= lr_drop_step else lr
 
 
-#: Seconds between checkpoints by default (plus one at the end and one on Ctrl-C).
-CHECKPOINT_SECONDS = 300.0
 #: Steps between loss read-backs by default (each one waits for the device).
 LOG_EVERY = 25
 
@@ -136,7 +133,7 @@ def train(
     progress: bool = True,
     seed: int = 0,
     *,
-    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+    checkpoint_seconds: float | None = None,
     log_every: int = LOG_EVERY,
     channels_last: bool | None = None,
     compile: bool | str | dict = False,
@@ -144,7 +141,8 @@ def train(
 ) -> TrainResult:
     """Train `model` (built and seeded by the caller) for `steps` steps on `batches`: a JointBatches
     (drawn by step) or any iterable of dicts x, y, valid, present. Writes out_dir/last.pt every
-    `checkpoint_seconds` (or `checkpoint_every` steps), at the end and on Ctrl-C, then final.pt and
+    `checkpoint_seconds` (None: $MMLIB_CHECKPOINT_SECONDS or CheckpointSchedule's default) or every
+    `checkpoint_every` steps, at the end and on Ctrl-C, then final.pt and
     losses.csv. amp: bf16 autocast (CPU: if it has bf16); compile: True, a mode or torch.compile
     kwargs; channels_last None: on CPU only. `config` names 'arch', 'width'; 'dice_batch' is read."""
     seed_everything(seed)  # before anything random (dropout) happens
@@ -197,7 +195,7 @@ def train(
     batch_iter = None if by_step else iter(batches)
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train")
     step, done = start, start
-    saved_at = time.monotonic()
+    schedule = CheckpointSchedule(seconds=checkpoint_seconds, steps=checkpoint_every)
     rng_before, data_before = rng_state(), None  # where the current step began, for Ctrl-C
     try:
         for step in bar:
@@ -213,12 +211,10 @@ def train(
 
             if len(pending) >= log_every:
                 read_losses()
-            due = (checkpoint_every and done % checkpoint_every == 0) or \
-                (checkpoint_seconds is not None and time.monotonic() - saved_at >= checkpoint_seconds)
-            if due and done < steps:
+            if done < steps and schedule.due(done):
                 read_losses()
                 checkpoint(last, done, rng_state(), {"step": done} if by_step else _iterator_state(batches))
-                saved_at = time.monotonic()
+                schedule.saved()
         read_losses()
     except KeyboardInterrupt:
         # A step cut short is dropped: the checkpoint holds the state it started from.

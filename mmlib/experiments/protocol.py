@@ -288,7 +288,8 @@ def deviations(preset: Preset) -> list[Deviation]:
         ("network width", "x1 (16-256 channels)", f"x{preset.width:g}"),
         ("schedule", f"600 epochs ({PAPER_STEPS:,} steps); lr x0.1 after 0.25 of them", steps),
         ("crops seen per database by one model", f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)", crops),
-        ("precision", "float32", "bf16 autocast on a GPU, float32 on CPU" if preset.amp else "float32"),
+        ("precision", "float32", "bf16 autocast, training and evaluation (on a CPU without bf16: float32)"
+         if preset.amp else "float32"),
         ("rotation", "90° in plane (0, 2), p 0.1", f"90° in plane{'s' if len(preset.rotate_planes) > 1 else ''} "
                                                    f"{planes}, p {preset.rotate_p:g}"),
         ("seeds per model", "3", str(len(preset.seeds))),

@@ -290,16 +290,14 @@ class Study:
         if ev.database not in spec.databases:  # a database the model never saw (Appendix B)
             cmap = eval_channel_map(cmap, db.manifest.modalities)
         kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
-                  model_name=spec.trained.name, progress=self.progress)
+                  model_name=spec.trained.name, progress=self.progress, amp=self.preset.amp)
         if ev.combinations:
-            frames = [evaluate_all_combinations(model, db.test, cmap, **kw)]
+            rows = evaluate_all_combinations(model, db.test, cmap, **kw)
         else:
-            frames = []
-            for subset in ev.subsets:
-                if subset and not all(_has_channel(cmap, m) for m in subset):
-                    continue  # the model has no channel for it (the paper's n/a cells)
-                frames.append(evaluate_cases(model, db.test, cmap, subset=subset or None, **kw))
-        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["database", "subset"])
+            # Subsets the model has no channel for are the paper's n/a cells; () = all modalities.
+            subsets = [s or None for s in ev.subsets if not s or all(_has_channel(cmap, m) for m in s)]
+            rows = (evaluate_cases(model, db.test, cmap, subsets=subsets, **kw) if subsets
+                    else pd.DataFrame(columns=["database", "subset"]))
         full = "+".join(sort_modalities(db.manifest.modalities))
         return rows.assign(all_modalities=rows["subset"] == full)
 

@@ -74,7 +74,8 @@ class LFUNet(nn.Module):
         z = x.new_zeros((*x.shape[:2], self.unet.embedding_channels, *x.shape[2:]))
         if rows.numel():
             emb, _ = self.unet.embed(x[rows, cols].unsqueeze(1))
-            z = z.index_put((rows, cols), emb)  # out of place, so gradients reach the U-Net
+            # Out of place, so gradients reach the U-Net; under autocast emb may be bf16.
+            z = z.index_put((rows, cols), emb.to(z.dtype))
         fused = self.fusion(z, present)
         return self.unet.decoder.head(fused)
 
@@ -107,7 +108,7 @@ class MAFUNet(nn.Module):
             spatial = tuple((n - 1) // stride + 1 for n in spatial)  # conv k3 p1: ceil(n / stride)
             z = x.new_zeros((*x.shape[:2], w, *spatial))
             for rows, i, maps in per_modality:
-                z = z.index_put((rows, torch.full_like(rows, i)), maps[scale])
+                z = z.index_put((rows, torch.full_like(rows, i)), maps[scale].to(z.dtype))
             fused.append(fusion(z, present))
         emb, _ = self.decoder(fused)
         return self.decoder.head(emb)
