@@ -43,7 +43,7 @@ def paper_layout(n: int) -> tuple[list[str], list[str]]:
 
 
 def paper_finding(name: str) -> str:
-    """The statement of finding `name` ('F1'..'F6') as the brief gives it."""
+    """The statement of finding `name` ('F1'..'F6'), worded so that a run can test it (paper_results.yaml)."""
     return " ".join(_load()["findings"][name].split())
 
 
