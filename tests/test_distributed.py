@@ -20,6 +20,7 @@ import torch
 from mmlib.data.cases import IGNORE, PreparedCase
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import distributed
+from mmlib.engine.checkpoint import load_checkpoint
 from mmlib.engine.evaluate import evaluate_all_combinations
 from mmlib.engine.train import train
 from mmlib.errors import MMLibError
@@ -215,3 +216,53 @@ def test_one_process_takes_no_distributed_path():
     assert distributed.on_main(lambda: 42) == 42 and distributed.gather("x") == ["x"]
     with distributed.session("cpu") as on:
         assert on is False and not distributed.active()
+
+
+def _torchrun(*argv, ranks=2, cwd=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+           "-m", "mmlib", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, "MPLBACKEND": "Agg"})
+
+
+def test_mmlib_joint_under_torchrun_resumes_and_writes_its_results_once(tmp_path, monkeypatch):
+    """A run stopped after 2 of 3 steps (its last.pt kept) is finished by two ranks; rank 0 alone
+    writes the model, rows and summary; a second run finds it all."""
+    from dataclasses import replace
+
+    from mmlib.experiments import study as study_module
+    from mmlib.experiments.protocol import joint_spec, schedule
+    from mmlib.experiments.study import Study
+    from mmlib.presets import load_preset
+
+    out = tmp_path / "run"
+    study = Study(out, load_preset("smoke").with_(steps=3), device="cpu", progress=False)
+    spec = joint_spec("multiunet", True, 0)
+    monkeypatch.setattr(study_module, "schedule", lambda *a, **k: replace(schedule(*a, **k), steps=2))
+    study.train(spec)
+    folder = study.model_dir(spec)
+    (folder / "final.pt").unlink()
+    (folder / "losses.csv").unlink()
+    first_two = load_checkpoint(folder / "last.pt")["extra"]["losses"]
+    assert len(first_two) == 2
+
+    done = _torchrun("joint", "--preset", "smoke", "--device", "cpu", "--steps", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("dice_all_modalities") == 1  # rank 0 alone prints the summary
+    losses = pd.read_csv(folder / "losses.csv")["loss"].tolist()
+    assert len(losses) == 3 and losses[:2] == pytest.approx(first_two, abs=0)  # resumed, not retrained
+    assert load_checkpoint(folder / "final.pt")["extra"]["world_size"] == 2
+    rows = [pd.read_csv(p, keep_default_na=False) for p in sorted((out / "evaluations" / folder.name).glob("*.csv"))]
+    assert len(rows) == 5
+    for df in rows:  # each (case, subset) once: split across the ranks, gathered, written once
+        assert len(df) > 0 and not df.duplicated(["case_id", "subset"]).any()
+        expected = {c.case_id for c in study.databases([df["database"][0]])[df["database"][0]].test}
+        assert set(df["case_id"]) == expected
+    summary = pd.read_csv(out / "joint" / folder.name / "summary.csv")
+    assert list(summary["database"]) == ["BRATS", "ATLAS", "MSSEG", "TBI", "WMH", "mean"]
+    assert not (out / ".mmlib.lock").exists() and not list(out.rglob(".*.tmp*"))
+
+    final = (folder / "final.pt").stat().st_mtime_ns
+    again = _torchrun("joint", "--preset", "smoke", "--device", "cpu", "--steps", "3", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (folder / "final.pt").stat().st_mtime_ns == final and again.stdout.count("dice_all_modalities") == 1

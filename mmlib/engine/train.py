@@ -114,6 +114,9 @@ class TrainStep:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            # Channels-last 1x1x1 kernels have strides that differ from their gradients' only along
+            # axes of size one (the same memory): DDP's warning about it says nothing here.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             # Replicas start from rank 0's weights (DDP broadcasts them) and average gradients.
             self.forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                    find_unused_parameters=_skips_branches(model))

@@ -229,8 +229,11 @@ class SubmititExecutor:
             import submitit
         except ImportError:
             raise MMLibError("the slurm executor needs submitit: pip install submitit") from None
-        return submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster,
-                                     slurm_max_num_timeout=self.max_requeues)
+        try:
+            return submitit.AutoExecutor(folder=folder, cluster=self.cluster, slurm_max_num_timeout=self.max_requeues)
+        except RuntimeError as exc:  # no srun here
+            raise MMLibError(f"the slurm executor cannot submit from this machine ({exc}); run mmlib on a "
+                             f"Slurm login node, or try the path here with --slurm-cluster local", folder) from None
 
     def run(self, study: "Study", jobs: list["Job"]) -> None:
         from mmlib.experiments.protocol import batch_per_database
@@ -286,7 +289,7 @@ class SubmititExecutor:
         if not isinstance(info, dict) or info.get("cluster") != self.cluster or self.cluster != "slurm":
             return None  # local and debug jobs end with the process that started them
         try:
-            handle = executor._executor.job_class(folder=marker.parents[1] / "%j", job_id=str(info["job_id"]),
+            handle = executor._executor.job_class(folder=marker.parents[1], job_id=str(info["job_id"]),
                                                   tasks=list(range(int(info.get("tasks", 1)))))
             return None if handle.done(force_check=True) else handle
         except Exception:  # an unknown id, no sacct: submit again
