@@ -66,13 +66,15 @@ def test_executor_settings_from_a_file_and_options_reach_the_sbatch_file(tmp_pat
     assert isinstance(executor, SubmititExecutor) and executor.timeout_min == 24 * 60
     # A joint model (a global batch of 10) on 4 GPUs; a single-database one (2) on 2 of them.
     assert executor.ranks(10) == 4 and executor.ranks(2) == 2
+    two_nodes = executor_from_config({"executor": "slurm", "gpus_per_job": 4, "nodes": 2})
+    assert two_nodes.layout(10) == (2, 4) and two_nodes.layout(2) == (2, 1) and two_nodes.layout(1) == (1, 1)
     fake = tmp_path / "bin"  # submitit's Slurm executor wants srun on the PATH
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\n")
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     slurm = submitit.AutoExecutor(folder=tmp_path / "slurm", cluster="slurm")
-    slurm.update_parameters(**executor.parameters(executor.ranks(10)))
+    slurm.update_parameters(**executor.parameters(10))
     sbatch = slurm._executor._make_submission_file_text("python -m job", "uid")
     for line in ("--partition=gpu", "--gpus-per-node=4", "--ntasks-per-node=4", "--cpus-per-task=8",
                  "--time=1440", "--account=lab", "--constraint=a100", "source .venv/bin/activate",
@@ -148,3 +150,20 @@ def test_a_time_limit_that_is_not_one_is_refused():
         parse_time("tomorrow")
     with pytest.raises(MMLibError, match="unknown executor 'kubernetes'"):
         executor_from_config({"executor": "kubernetes"})
+
+
+@pytest.mark.parametrize("state, waited_for", [("RUNNING", True), ("PENDING", True), ("FAILED", False)])
+def test_a_job_still_in_the_slurm_queue_is_waited_for_not_submitted_twice(tmp_path, monkeypatch, state, waited_for):
+    from mmlib.io import atomic_write_json
+
+    fake = tmp_path / "bin"  # sacct as Slurm answers it about job 4242
+    fake.mkdir()
+    (fake / "sacct").write_text(f"#!/bin/sh\necho 'JobID|State|NodeList'\necho '4242|{state}|node1'\n")
+    (fake / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    marker = tmp_path / "slurm" / "jobs" / "MD-multiunet-drop-s0-x.json"
+    atomic_write_json(marker, {"job_id": 4242, "cluster": "slurm", "tasks": 2})
+    handle = executor_from_config({"executor": "slurm"})._still_running(marker)
+    assert (handle is not None) == waited_for
+    if waited_for:
+        assert handle.job_id == "4242" and handle.num_tasks == 2

@@ -204,17 +204,24 @@ class SubmititExecutor:
         if not isinstance(self.sbatch, dict):
             raise MMLibError(f"executor setting sbatch must be a mapping of sbatch options, got {self.sbatch!r}")
 
-    def ranks(self, global_batch: int) -> int:
-        """Ranks (tasks) of a job whose global batch holds `global_batch` samples (whole nodes)."""
-        per_node = self.ranks_per_job or max(1, self.gpus_per_job)
-        per_node = min(per_node, max(1, global_batch // self.nodes))
-        return per_node * self.nodes
+    def layout(self, global_batch: int) -> tuple[int, int]:
+        """(nodes, ranks per node) of a job whose global batch holds `global_batch` samples: no more
+        ranks than samples, and every node holding the same number."""
+        nodes = max(1, min(self.nodes, global_batch))
+        per_node = min(self.ranks_per_job or max(1, self.gpus_per_job), max(1, global_batch // nodes))
+        return nodes, per_node
 
-    def parameters(self, ranks: int) -> dict:
-        """submitit's parameters of a job with `ranks` tasks (AutoExecutor.update_parameters)."""
-        per_node = max(1, ranks // self.nodes)
+    def ranks(self, global_batch: int) -> int:
+        """Ranks (tasks) of a job whose global batch holds `global_batch` samples."""
+        nodes, per_node = self.layout(global_batch)
+        return nodes * per_node
+
+    def parameters(self, global_batch: int) -> dict:
+        """submitit's parameters of a job whose global batch holds `global_batch` samples
+        (AutoExecutor.update_parameters)."""
+        nodes, per_node = self.layout(global_batch)
         gpus = min(self.gpus_per_job, per_node) if self.gpus_per_job else 0
-        params = {"timeout_min": self.timeout_min, "nodes": self.nodes, "tasks_per_node": per_node,
+        params = {"timeout_min": self.timeout_min, "nodes": nodes, "tasks_per_node": per_node,
                   "gpus_per_node": gpus,
                   "cpus_per_task": max(1, self.cpus_per_job // per_node) if self.cpus_per_job else None,
                   "mem_gb": self.mem_gb, "slurm_partition": self.partition, "slurm_account": self.account,
@@ -241,10 +248,11 @@ class SubmititExecutor:
         folder = study.out_dir / "slurm"
         _prepare(study, jobs)
         executor = self._executor(folder)
-        n_ranks = {}
+        batch = {}
         for job in jobs:
             n_db = len(job.spec.databases)
-            n_ranks[job] = self.ranks(batch_per_database(study.preset, n_db) * n_db)
+            batch[job] = batch_per_database(study.preset, n_db) * n_db
+        n_ranks = {job: self.ranks(g) for job, g in batch.items()}
         threads = None
         if self.cluster == "local":  # the jobs' ranks share this machine's cores
             from mmlib.engine.device import cpu_count
@@ -254,9 +262,9 @@ class SubmititExecutor:
         handles = []
         for job in _longest_first(study, jobs):
             marker = folder / "jobs" / f"{study.model_dir(job.spec).name}.json"
-            handle = self._still_running(executor, marker)
+            handle = self._still_running(marker)
             if handle is None:
-                executor.update_parameters(**self.parameters(n_ranks[job]), name=f"mmlib-{job.spec.name}")
+                executor.update_parameters(**self.parameters(batch[job]), name=f"mmlib-{job.spec.name}")
                 handle = executor.submit(StudyJob(state, job))
                 from mmlib.io import atomic_write_json
 
@@ -281,16 +289,19 @@ class SubmititExecutor:
             raise MMLibError(f"{len(failures)} of {len(handles)} jobs failed (the others' models are kept; a re-run "
                              f"resubmits the failed ones): {told}", study.model_dir(job.spec))
 
-    def _still_running(self, executor, marker: Path):
-        """The job a marker names, if a queue still holds it (a re-run waits for it, not a twin)."""
+    def _still_running(self, marker: Path):
+        """The Slurm job a marker names, if the queue still holds it (a re-run waits for it rather
+        than submitting a twin that would train the same folder)."""
         from mmlib.io import read_json
 
         info = read_json(marker, None)
-        if not isinstance(info, dict) or info.get("cluster") != self.cluster or self.cluster != "slurm":
+        if self.cluster != "slurm" or not isinstance(info, dict) or info.get("cluster") != "slurm":
             return None  # local and debug jobs end with the process that started them
         try:
-            handle = executor._executor.job_class(folder=marker.parents[1], job_id=str(info["job_id"]),
-                                                  tasks=list(range(int(info.get("tasks", 1)))))
+            import submitit
+
+            handle = submitit.SlurmJob(folder=marker.parents[1], job_id=str(info["job_id"]),
+                                       tasks=list(range(int(info.get("tasks", 1)))))
             return None if handle.done(force_check=True) else handle
         except Exception:  # an unknown id, no sacct: submit again
             return None
