@@ -3,6 +3,9 @@
 Exit codes: 0 done; 2 refused input or, for `check`, problems found in the database; 3 `check`
 could not run (no manifest, no root folder); 130 interrupted. Errors are one line naming the
 file, without a traceback (MMLIB_DEBUG=1 shows it).
+
+`mmlib joint` runs unchanged under torchrun (data-parallel, rank 0 writes and prints); `mmlib
+study` hands its training jobs to an executor (--executor local | slurm) instead.
 """
 
 from __future__ import annotations
@@ -80,31 +83,86 @@ def _cmd_check(args) -> int:
 @contextlib.contextmanager
 def _claimed_out(path) -> Path:
     """The --out folder made writable and locked for this run (a second run is told who holds it);
-    temporary files of a killed earlier run are removed first."""
+    temporary files of a killed earlier run are removed first. Under torchrun rank 0 alone takes
+    the lock (every rank gets its refusal) and lets it go once every rank is done."""
+    from mmlib.engine import distributed
     from mmlib.io import OutLock, clean_stale_temps, prepare_out_dir
 
-    out = prepare_out_dir(path)
-    with OutLock(out):
+    held = []
+
+    def claim() -> Path:
+        out = prepare_out_dir(path)
+        held.append(OutLock(out).acquire())
         clean_stale_temps(out)
+        return out
+
+    try:
+        out = distributed.on_main(claim)
         yield out
+        distributed.barrier()  # the other ranks are done with the folder
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _executor_config(args) -> dict | None:
+    """The executor configuration of --executor-config, overridden by --executor and its options;
+    None when none was given (then $MMLIB_EXECUTOR, else local processes)."""
+    from mmlib.experiments.executors import executor_from_config, load_executor_config
+
+    config = dict(load_executor_config(args.executor_config)) if args.executor_config else {}
+    slurm = {key: getattr(args, f"slurm_{key}") for key in _SLURM_OPTIONS if getattr(args, f"slurm_{key}") is not None}
+    if args.executor:
+        config["executor"] = args.executor
+    if slurm and config.get("executor", "local") != "slurm":
+        raise MMLibError(f"--slurm-{next(iter(slurm)).replace('_', '-')} needs --executor slurm")
+    if args.processes is not None:
+        if config.get("executor", "local") != "local":
+            raise MMLibError("--processes is a setting of --executor local")
+        config["processes"] = args.processes
+    for key, value in slurm.items():
+        config[_SLURM_OPTIONS[key]] = value
+    if not config:
+        return None
+    executor_from_config(config, args.executor_config)
+    return config
+
+
+#: --slurm-KEY -> the slurm executor's setting.
+_SLURM_OPTIONS = {"partition": "partition", "gpus": "gpus_per_job", "ranks": "ranks_per_job", "cpus": "cpus_per_job",
+                  "mem_gb": "mem_gb", "time": "time", "account": "account", "qos": "qos", "nodes": "nodes",
+                  "setup": "setup", "cluster": "cluster"}
 
 
 def _cmd_joint(args) -> int:
+    from mmlib.engine import distributed
     from mmlib.experiments.joint import run_joint
 
-    with _claimed_out(args.out) as out:
-        summary = run_joint(out, preset=args.preset, data_root=args.data_root, seed=args.seed, arch=args.arch,
-                            drop=not args.no_drop, device=args.device, steps=args.steps)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    config = _executor_config(args)
+    with distributed.session(args.device) as ranks:
+        if ranks and config is not None:
+            raise MMLibError("under torchrun the ranks train the model together; --executor and its options "
+                             "are for running without torchrun")
+        with _claimed_out(args.out) as out:
+            summary = run_joint(out, preset=args.preset, data_root=args.data_root, seed=args.seed, arch=args.arch,
+                                drop=not args.no_drop, device=args.device, steps=args.steps, executor=config)
+    if summary is not None:
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
 def _cmd_study(args) -> int:
+    from mmlib.engine import distributed
     from mmlib.experiments.runner import run_study
 
+    if distributed.launched():
+        raise MMLibError("`mmlib study` does not run under torchrun (its notebooks run in kernels); give its "
+                         "training jobs GPUs with --executor local --processes N (one GPU each) or --executor "
+                         "slurm --slurm-gpus N (torch.distributed inside each job)")
+    config = _executor_config(args)
     with _claimed_out(args.out) as out:
         timings = run_study(out, preset=args.preset, data_root=args.data_root, device=args.device,
-                            notebooks=args.notebooks or None)
+                            notebooks=args.notebooks or None, executor=config)
     total = sum(timings.values())
     print(f"study done in {total / 60:.1f} min; results, figures, executed notebooks, findings.json and report.md in {args.out}")
     findings = Path(args.out) / "findings.json"
@@ -120,14 +178,19 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_reference(args) -> int:
+    from mmlib.engine import distributed
     from mmlib.experiments.reference import save_reference
     from mmlib.experiments.study import Study
-
     from mmlib.io import OutLock
 
-    with OutLock(Path(args.study), what="the study folder"):
-        folder = save_reference(Study.open(Path(args.study)), args.name, args.wall_time)
-    print(f"reference run {args.name} written to {folder}")
+    def save() -> Path:
+        with OutLock(Path(args.study), what="the study folder"):
+            return save_reference(Study.open(Path(args.study)), args.name, args.wall_time)
+
+    with distributed.session("cpu"):  # under torchrun: rank 0 alone copies
+        folder = distributed.on_main(save)
+        if distributed.is_main():
+            print(f"reference run {args.name} written to {folder}")
     return 0
 
 
@@ -164,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-drop", action="store_true", help="train without random modality drop")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
+    _add_executor_options(p)
     p.set_defaults(func=_cmd_joint)
 
     p = sub.add_parser("study", help="run the study notebooks (00-04, 99) through papermill")
@@ -173,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$MMLIB_<NAME>_ROOT, else synthetic twins made in OUT/data)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
+    _add_executor_options(p)
     p.set_defaults(func=_cmd_study)
 
     p = sub.add_parser("reference", help="keep a finished study's results, findings and report as a shipped "
@@ -182,6 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wall-time", required=True, help="how long the run took from a fresh clone, e.g. '91 min'")
     p.set_defaults(func=_cmd_reference)
     return parser
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the training jobs run (never part of a model's identity)")
+    g.add_argument("--executor", choices=["local", "slurm"],
+                   help="local: processes on this machine (default; one GPU each where there are several); "
+                        "slurm: one Slurm job per model through submitit")
+    g.add_argument("--executor-config", metavar="FILE", help="YAML file of executor settings (executor: slurm, "
+                   "partition: ..., gpus_per_job: ..., time: ...); the options below override it")
+    g.add_argument("--processes", type=int, help="local: models trained side by side (default: the preset's)")
+    g.add_argument("--slurm-partition")
+    g.add_argument("--slurm-gpus", type=int, help="GPUs per job, one rank each (default 1; 0: CPU jobs)")
+    g.add_argument("--slurm-ranks", type=int, help="ranks per job on CPU jobs (default: one per GPU, else 1)")
+    g.add_argument("--slurm-cpus", type=int, help="CPU cores per job")
+    g.add_argument("--slurm-mem-gb", type=float, help="memory per node of a job, GB")
+    g.add_argument("--slurm-time", help="time limit of a job, e.g. 24:00:00 (a job that reaches it is "
+                   "requeued and resumes from its last checkpoint)")
+    g.add_argument("--slurm-account")
+    g.add_argument("--slurm-qos")
+    g.add_argument("--slurm-nodes", type=int, help="nodes per job (default 1)")
+    g.add_argument("--slurm-setup", action="append", metavar="LINE",
+                   help="a shell line run before each job (repeatable), e.g. 'source .venv/bin/activate'")
+    g.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"],
+                   help="slurm (default); local: the same jobs as processes on this machine, to try the path")
 
 
 def _os_message(exc: OSError) -> str:
@@ -225,7 +314,8 @@ def main(argv=None) -> int:
     except MMLibError as exc:
         if debug:
             raise
-        print(f"mmlib {args.command}: error: {exc}", file=sys.stderr)
+        if getattr(exc, "mmlib_other_rank", None) is None:  # under torchrun its own rank reports it
+            print(f"mmlib {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path the user gave that cannot be used: permission, not a folder, full disk
         if debug:

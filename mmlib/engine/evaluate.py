@@ -1,7 +1,8 @@
 """Inference and evaluation: sliding-window prediction, one tidy row per case x modality subset.
 
 Rows have the columns of `ROW_COLUMNS` (plus any `extra` ones such as seed or training), so
-every table of the paper is a groupby away (docs/RESULTS_SCHEMA.md).
+every table of the paper is a groupby away (docs/RESULTS_SCHEMA.md). With `across_ranks` (under
+torchrun) each rank predicts its share of the cases and every rank gets all rows, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from mmlib.data.cases import IGNORE, PreparedCase
 from mmlib.data.loaders import ChannelMap, all_subsets
 from mmlib.data.modalities import sort_modalities
+from mmlib.engine import distributed
 from mmlib.engine.device import amp_dtype, pick_device
 from mmlib.metrics import segmentation_metrics
 
@@ -109,16 +111,40 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
               channel_map: ChannelMap | dict, roi: int, overlap: float, device: str | torch.device,
               model_name: str, extra: dict | None, progress: bool, amp: bool = False,
               batched: bool = True, max_subsets: int | None = None,
-              channels_last: bool = False, sw_batch: int | None = None) -> pd.DataFrame:
+              channels_last: bool = False, sw_batch: int | None = None, across_ranks: bool = False) -> pd.DataFrame:
     """Predict and score each (case, subset) of `jobs`; one row each in the order of `jobs`, `extra`
-    columns appended. batched: a case's subsets in one pass (at most `max_subsets` per pass)."""
+    columns appended. batched: a case's subsets in one pass (at most `max_subsets` per pass).
+    across_ranks: rank r takes cases r, r + world, ...; the rows (or the first error) reach every rank."""
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
-    device = pick_device(device)
+    device = distributed.local_device(pick_device(device))
     by_case: dict[int, list[int]] = {}
     for i, (case, _) in enumerate(jobs):
         by_case.setdefault(id(case), []).append(i)
     rows = [None] * len(jobs)
-    for idxs in tqdm(list(by_case.values()), desc=f"evaluate {model_name}", unit="case", disable=not progress):
+    groups = list(by_case.values())
+    if across_ranks and distributed.collective():
+        mine, error = {}, None
+        try:
+            _evaluate_groups(model, jobs, groups[distributed.rank()::distributed.world_size()], mine, cmap, roi,
+                             overlap, device, model_name, extra, progress and distributed.is_main(), amp, batched,
+                             max_subsets, channels_last, sw_batch)
+        except Exception as exc:  # every rank must reach the gather, or the others would wait
+            error = exc
+        shares = distributed.gather((mine, None if error is None else distributed.portable_error(error)))
+        distributed.raise_shared([e for _, e in shares])
+        for share, _ in shares:
+            for i, row in share.items():
+                rows[i] = row
+    else:
+        _evaluate_groups(model, jobs, groups, rows, cmap, roi, overlap, device, model_name, extra, progress, amp,
+                         batched, max_subsets, channels_last, sw_batch)
+    return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *(extra or {})])
+
+
+def _evaluate_groups(model, jobs, groups, rows, cmap, roi, overlap, device, model_name, extra, progress, amp,
+                     batched, max_subsets, channels_last, sw_batch) -> None:
+    """Fill rows[i] for every job index i of `groups` (each group: one case's job indices)."""
+    for idxs in tqdm(groups, desc=f"evaluate {model_name}", unit="case", disable=not progress):
         case = jobs[idxs[0]][0]
         subsets = [sort_modalities(case.modalities if jobs[i][1] is None else jobs[i][1]) for i in idxs]
         presents = np.zeros((len(subsets), len(cmap)), bool)
@@ -135,7 +161,6 @@ def _evaluate(model: nn.Module, jobs: list[tuple[PreparedCase, Sequence[str] | N
                                   sw_batch or SW_BATCH, channels_last) for sub, pres in zip(subsets, presents)]
         for i, subset, pred in zip(idxs, subsets, preds):
             rows[i] = {**case_row(case, pred, subset, model_name), **(extra or {})}
-    return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *(extra or {})])
 
 
 def evaluate_cases(
@@ -156,16 +181,18 @@ def evaluate_cases(
     max_subsets: int | None = None,
     channels_last: bool = False,
     sw_batch: int | None = None,
+    across_ranks: bool = False,
 ) -> pd.DataFrame:
     """One row per case, predicted from the modalities in `subset` (each case's own if None); with
     `subsets`, one row per subset and case (subset-major, as one call per subset would give), a
     case's subsets predicted in one pass (at most `max_subsets` per pass unless `batched` is False).
-    amp (off by default), channels_last, sw_batch: see `predict_subsets`."""
+    amp (off by default), channels_last, sw_batch: see `predict_subsets`. across_ranks: every rank
+    calls it, each predicts its share of the cases, every rank returns all rows."""
     if subsets is not None and subset is not None:
         raise ValueError("give `subset` or `subsets`, not both")
     wanted = [subset] if subsets is None else list(subsets)
     return _evaluate(model, [(c, s) for s in wanted for c in cases], channel_map, roi, overlap, device,
-                     model_name, extra, progress, amp, batched, max_subsets, channels_last, sw_batch)
+                     model_name, extra, progress, amp, batched, max_subsets, channels_last, sw_batch, across_ranks)
 
 
 def evaluate_all_combinations(
@@ -184,10 +211,12 @@ def evaluate_all_combinations(
     max_subsets: int | None = None,
     channels_last: bool = False,
     sw_batch: int | None = None,
+    across_ranks: bool = False,
 ) -> pd.DataFrame:
     """One row per case x non-empty subset of its modalities (2^C - 1 each; Table 2's brackets);
     all subsets of a case in one sliding-window pass (or `max_subsets` at a time) unless `batched`
-    is False. amp (off by default), channels_last, sw_batch: see `predict_subsets`."""
+    is False. amp (off by default), channels_last, sw_batch: see `predict_subsets`. across_ranks:
+    see `evaluate_cases`."""
     jobs = [(c, s) for c in cases for s in all_subsets(c.modalities)]
     return _evaluate(model, jobs, channel_map, roi, overlap, device, model_name, extra, progress,
-                     amp, batched, max_subsets, channels_last, sw_batch)
+                     amp, batched, max_subsets, channels_last, sw_batch, across_ranks)

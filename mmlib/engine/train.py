@@ -3,6 +3,10 @@
 Plain PyTorch, read top to bottom. JointBatches are drawn by step number, so a run resumes from
 out_dir/last.pt with the step, weights, optimiser and torch RNG, equal to an uninterrupted run
 (bitwise on CPU). Losses stay on the device, read back every `log_every` steps.
+
+Under torchrun the same call trains with DistributedDataParallel: each rank draws its share of
+the step's global batch, the loss is weighted so that the averaged gradient is the one of the
+whole batch, and rank 0 alone writes; a checkpoint resumes with any number of ranks.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 import torch
 from monai.losses import DiceLoss
@@ -19,8 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmlib.data.loaders import ChannelMap, JointBatches
+from mmlib.engine import distributed
 from mmlib.engine.checkpoint import CheckpointSchedule, load_checkpoint, load_weights, save_checkpoint
 from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
+from mmlib.errors import MMLibError
+from mmlib.io import atomic_path
 
 
 @dataclass
@@ -50,6 +58,22 @@ def lr_at(step: int, lr: float, lr_drop_step: int | None) -> float:
 LOG_EVERY = 25
 
 
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The torch seed of rank `rank` (dropout), resumed at `step`: rank 0 from the start keeps `seed`
+    itself, so one process trains exactly as before; every other (rank, step) its own stream."""
+    if rank == 0 and step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def _skips_branches(model: nn.Module) -> bool:
+    """Whether a model leaves parameters out of some forwards: MAFUnet's encoder of a modality no
+    sample of a rank's share holds (DDP must then look for unused parameters)."""
+    from mmlib.models import MAFUNet
+
+    return any(isinstance(m, MAFUNet) for m in model.modules())
+
+
 def _iterator_state(batches) -> dict | None:
     """The position of a plain batch iterator, if it reports one (its own snapshot, not copied)."""
     return batches.state_dict() if hasattr(batches, "state_dict") else None
@@ -58,12 +82,21 @@ def _iterator_state(batches) -> dict | None:
 class TrainStep:
     """One optimiser step of `train`, on its own (the benchmarks time exactly this): moves the model
     to `device` (channels-last: None = on CPU only), owns Adam and the loss scaler; called with a
-    batch and a learning rate, it returns the step's float32 loss, still on the device."""
+    batch and a learning rate, it returns the step's float32 loss, still on the device.
+
+    data_parallel: wrap the model in DistributedDataParallel (a process group must be up); each
+    call then takes this rank's share of a batch holding `global_batch`, and returns its share of
+    the loss (summed over the ranks: the loss of the global batch)."""
 
     def __init__(self, model: nn.Module, lr: float, device: str | torch.device = "auto", amp: bool = False,
-                 channels_last: bool | None = None, compile: bool | str | dict = False, dice_batch: bool = True):
-        self.device = device = pick_device(device)
+                 channels_last: bool | None = None, compile: bool | str | dict = False, dice_batch: bool = True,
+                 data_parallel: bool = False):
+        self.device = device = distributed.local_device(pick_device(device))
         self.model, self.dice_batch = model, dice_batch
+        self.world = distributed.world_size() if data_parallel else 1
+        if self.world > 1 and dice_batch:
+            raise MMLibError("a Dice over the whole batch (dice_batch: true) is not split across ranks; "
+                             "train it in one process, or use the per-sample Dice of the presets (dice_batch: false)")
         # Channels-last 3D: the default on CPU (oneDNN's native layout), an option on a GPU.
         if channels_last is None:
             channels_last = device.type == "cpu"
@@ -78,9 +111,18 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self._autocast_tried = False
         self.forward = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Channels-last 1x1x1 kernels have strides that differ from their gradients' only along
+            # axes of size one (the same memory): DDP's warning about it says nothing here.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            # Replicas start from rank 0's weights (DDP broadcasts them) and average gradients.
+            self.forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   find_unused_parameters=_skips_branches(model))
         if compile:
             kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
-            self.forward = torch.compile(model, **kwargs)
+            self.forward = torch.compile(self.forward, **kwargs)
 
     def __call__(self, batch: dict, lr: float) -> torch.Tensor:
         if self.dtype is None or self._autocast_tried:
@@ -110,11 +152,16 @@ class TrainStep:
         with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits = self.forward(x, present=present)
         loss = dice_loss(logits, y, valid, batch=self.dice_batch)  # float32
+        if self.world > 1:
+            # A per-sample Dice averages over this rank's n samples; DDP averages gradients over
+            # the ranks. Weighting by n * world / global batch makes that average the gradient of
+            # the mean over the global batch, even when the ranks' shares differ in size.
+            loss = loss * (x.shape[0] * self.world / batch["global_batch"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach()
+        return loss.detach() / self.world if self.world > 1 else loss.detach()
 
 
 def train(
@@ -142,58 +189,74 @@ def train(
     """Train `model` (built and seeded by the caller) for `steps` steps on `batches`: a JointBatches
     (drawn by step) or any iterable of dicts x, y, valid, present. Writes out_dir/last.pt every
     `checkpoint_seconds` (None: $MMLIB_CHECKPOINT_SECONDS or CheckpointSchedule's default) or every
-    `checkpoint_every` steps, at the end and on Ctrl-C, then final.pt and
-    losses.csv. amp: bf16 autocast (CPU: if it has bf16); compile: True, a mode or torch.compile
-    kwargs; channels_last None: on CPU only. `config` names 'arch', 'width'; 'dice_batch' is read."""
-    seed_everything(seed)  # before anything random (dropout) happens
-    device = pick_device(device)
+    `checkpoint_every` steps, at the end and on Ctrl-C, then losses.csv and final.pt. amp: bf16
+    autocast (CPU: if it has bf16); compile: True, a mode or torch.compile kwargs; channels_last
+    None: on CPU only. `config` names 'arch', 'width'; 'dice_batch' is read. Under torchrun:
+    DistributedDataParallel (batches drawn by step), rank 0 writes, every rank returns the result."""
+    ddp = distributed.setup(device) and distributed.collective()
+    rank, world = (distributed.rank(), distributed.world_size()) if ddp else (0, 1)
+    seed_everything(rank_seed(seed, rank))  # before anything random (dropout) happens
+    device = distributed.local_device(pick_device(device))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     last, final = out_dir / "last.pt", out_dir / "final.pt"
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
     config = {"in_channels": len(cmap), **config,
               "steps": steps, "lr": lr, "lr_drop_step": lr_drop_step, "seed": seed}
 
-    one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True))
-    optimizer, scaler = one_step.optimizer, one_step.scaler
-
     # Batches drawn by step number need no state; on a GPU a JointBatches draws them there.
     by_step = callable(getattr(batches, "batch", None))
+    if ddp:
+        if not by_step:
+            raise MMLibError("training on several ranks needs batches drawn by step (a JointBatches): "
+                             "each rank draws its share of the step's global batch")
+        if world > batches.global_batch:
+            raise MMLibError(f"{world} ranks, but a global batch of {batches.global_batch} samples: "
+                             f"start at most {batches.global_batch} ranks for this model")
+    distributed.on_main(out_dir.mkdir, parents=True, exist_ok=True)
+    one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True),
+                         data_parallel=ddp)
+    optimizer, scaler = one_step.optimizer, one_step.scaler
     if data_on_device is None:
         data_on_device = device.type == "cuda"
     source = batches
     if data_on_device and isinstance(batches, JointBatches):
         batches = batches.to(device)
 
-    # Start fresh, or pick up exactly where out_dir/last.pt left off.
+    # Start fresh, or pick up exactly where out_dir/last.pt left off (every rank from the same
+    # file, written by rank 0 of a run with any number of ranks: batches are drawn by step).
     start, losses = 0, []
-    if resume and last.exists():
+    if resume and distributed.on_main(last.exists):
         state = load_checkpoint(last, map_location="cpu")
         load_weights(model, state, last)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["extra"]["scaler"])
         if not by_step and state["extra"]["batches"] is not None and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(state["extra"]["batches"])
-        set_rng_state(state["rng"])
         start, losses = state["step"], list(state["extra"]["losses"])
+        # Rank 0 carries on with the saved torch RNG (one process: bitwise the uninterrupted
+        # run); the other ranks' dropout streams are drawn afresh for the step resumed at.
+        set_rng_state(state["rng"]) if rank == 0 else seed_everything(rank_seed(seed, rank, start))
 
     def checkpoint(path: Path, done: int, rng: dict, data: dict | None) -> None:
         save_checkpoint(path, model, optimizer, {"lr": lr, "lr_drop_step": lr_drop_step}, done,
                         config, cmap.to_dict(), rng,
-                        extra={"batches": data, "losses": losses[:done], "scaler": scaler.state_dict()})
+                        extra={"batches": data, "losses": losses[:done], "scaler": scaler.state_dict(),
+                               "world_size": world})
 
     pending: list[torch.Tensor] = []  # losses of finished steps, not yet read back
 
     def read_losses() -> None:
+        # Under DDP a collective: every rank reads back at the same steps.
         if pending:
-            losses.extend(torch.stack(pending).float().cpu().tolist())
+            stacked = distributed.all_reduce_sum(torch.stack(pending).float()) if ddp else torch.stack(pending).float()
+            losses.extend(stacked.cpu().tolist())
             bar.set_postfix(loss=f"{sum(losses[-len(pending):]) / len(pending):.4f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.0e}")
             pending.clear()
 
     model.train()
     batch_iter = None if by_step else iter(batches)
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="train")
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress or rank != 0, desc="train")
     step, done = start, start
     schedule = CheckpointSchedule(seconds=checkpoint_seconds, steps=checkpoint_every)
     rng_before, data_before = rng_state(), None  # where the current step began, for Ctrl-C
@@ -201,7 +264,7 @@ def train(
         for step in bar:
             rng_before = rng_state()
             if by_step:
-                batch = batches.batch(step)
+                batch = batches.batch(step, rank, world)
             else:
                 data_before = _iterator_state(batches)
                 batch = next(batch_iter)
@@ -209,14 +272,24 @@ def train(
             pending.append(loss)
             done = step + 1
 
-            if len(pending) >= log_every:
+            synced = len(pending) >= log_every
+            if synced:
                 read_losses()
-            if done < steps and schedule.due(done):
-                read_losses()
-                checkpoint(last, done, rng_state(), {"step": done} if by_step else _iterator_state(batches))
-                schedule.saved()
+            if done < steps:
+                if ddp:  # rank 0's clock decides, at steps where the ranks meet anyway
+                    synced = synced or bool(checkpoint_every and done % checkpoint_every == 0)
+                    due = synced and distributed.on_main(schedule.due, done)
+                else:
+                    due = schedule.due(done)
+                if due:
+                    read_losses()
+                    data = {"step": done} if by_step else _iterator_state(batches)
+                    distributed.on_main(checkpoint, last, done, rng_state(), data)
+                    schedule.saved()
         read_losses()
     except KeyboardInterrupt:
+        if ddp:
+            raise  # the other ranks may be gone: no collective; the last checkpoint stands
         # A step cut short is dropped: the checkpoint holds the state it started from.
         finished = done == step + 1
         read_losses()
@@ -229,10 +302,13 @@ def train(
         if batches is not source:
             batches.close()  # the prefetch thread of batches drawn on the device
 
-    data = {"step": done} if by_step else _iterator_state(batches)
-    checkpoint(last, done, rng_state(), data)
-    checkpoint(final, done, rng_state(), data)
-    pd.DataFrame({"step": range(len(losses)), "loss": losses,
-                  "lr": [lr_at(s, lr, lr_drop_step) for s in range(len(losses))]}
-                 ).to_csv(out_dir / "losses.csv", index=False)
+    def finish(data: dict | None) -> None:
+        # final.pt last: its presence means the whole folder is written.
+        checkpoint(last, done, rng_state(), data)
+        with atomic_path(out_dir / "losses.csv") as tmp:
+            pd.DataFrame({"step": range(len(losses)), "loss": losses,
+                          "lr": [lr_at(s, lr, lr_drop_step) for s in range(len(losses))]}).to_csv(tmp, index=False)
+        checkpoint(final, done, rng_state(), data)
+
+    distributed.on_main(finish, {"step": done} if by_step else _iterator_state(batches))
     return TrainResult(final, losses)

@@ -1,5 +1,6 @@
 """`mmlib joint`: the study's joint model alone. It is the model notebook 02 trains (same spec,
-folder and rows), evaluated as notebook 02 evaluates it, beside the best threshold rule."""
+folder and rows), evaluated as notebook 02 evaluates it, beside the best threshold rule. Under
+torchrun every rank trains and evaluates it together and rank 0 writes the summary."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmlib.data.manifest import TRAINING_DATABASES
+from mmlib.engine import distributed
 from mmlib.experiments.grid import baselines, joint_jobs
 from mmlib.experiments.study import Study, as_preset, write_rows
 from mmlib.io import atomic_path, atomic_write_json
@@ -38,18 +40,27 @@ def summarise(results: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch: str = "multiunet",
-              drop: bool = True, device: str = "auto", steps: int | None = None, progress: bool = True
-              ) -> pd.DataFrame:
+              drop: bool = True, device: str = "auto", steps: int | None = None, progress: bool = True,
+              executor=None) -> pd.DataFrame | None:
     """Train (or find) the study's joint model of `arch` and `drop`, evaluate it on the five training
-    databases, and write summary.csv, summary.json and a figure to out_dir/joint/<model folder>/."""
-    from mmlib.viz import plot_combination_dice
-
+    databases, and write summary.csv, summary.json and a figure to out_dir/joint/<model folder>/.
+    `executor`: where the model trains (Study's). Under torchrun only rank 0 returns the summary."""
     preset = as_preset(preset)
     if steps is not None:
         preset = preset.with_(steps=int(steps))
-    study = Study(Path(out_dir), preset, data_root=data_root, device=device, seeds=(seed,), progress=progress)
+    study = Study(Path(out_dir), preset, data_root=data_root, device=device, seeds=(seed,), progress=progress,
+                  executor=executor)
     jobs = joint_jobs(study, [JointVariant(arch, drop)], seeds=(seed,))
     results = study.run(jobs)
+    study.databases(TRAINING_DATABASES)  # every rank, before rank 0 reads them alone
+    summary = distributed.on_main(_summarise_and_write, study, jobs, results, preset, arch, drop, seed)
+    return summary if distributed.is_main() else None
+
+
+def _summarise_and_write(study: Study, jobs, results: pd.DataFrame, preset, arch: str, drop: bool, seed: int
+                         ) -> pd.DataFrame:
+    from mmlib.viz import plot_combination_dice
+
     baseline = pd.concat([baselines(study, db, None) for db in TRAINING_DATABASES], ignore_index=True)
     summary = summarise(results, baseline)
     folder = study.out_dir / "joint" / study.model_dir(jobs[0].spec).name

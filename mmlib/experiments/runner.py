@@ -3,6 +3,10 @@
 Each executed notebook is kept in <out>/notebooks/. A notebook that finished with the same
 parameters is not run again (a re-run resumes); models and caches are reused in any case.
 A failing notebook stops the run, naming the notebook, the cell and the error.
+
+The notebooks' training jobs go to the executor given (local processes, or Slurm through
+submitit); the kernels see it through $MMLIB_EXECUTOR. The notebooks themselves run here, so the
+study does not run under torchrun: its jobs get their GPUs from the executor instead.
 """
 
 from __future__ import annotations
@@ -25,9 +29,36 @@ def notebooks_dir() -> Path:
 
 
 def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None, device: str = "auto",
-              notebooks=None, extra_parameters: dict | None = None, progress: bool = True) -> dict:
+              notebooks=None, extra_parameters: dict | None = None, progress: bool = True,
+              executor: dict | str | None = None) -> dict:
     """Run the study notebooks into `out_dir`; return {notebook: seconds}. 99_findings writes
-    findings.json; at the end report.md gathers the tables beside the paper's and the findings."""
+    findings.json; at the end report.md gathers the tables beside the paper's and the findings.
+    `executor`: a configuration (executors.executor_from_config) for the notebooks' training jobs."""
+    from mmlib.engine import distributed
+    from mmlib.experiments.executors import EXECUTOR_ENV, executor_from_config
+
+    if distributed.launched():
+        raise MMLibError("`mmlib study` runs its notebooks in kernels and does not run under torchrun; give its "
+                         "training jobs GPUs with --executor local --processes N (one GPU each) or --executor slurm "
+                         "--slurm-gpus N (torch.distributed inside each job), or train one model with "
+                         "`torchrun ... -m mmlib joint`")
+    config = {"executor": executor} if isinstance(executor, str) else executor
+    executor_from_config(config, "the executor configuration")  # refused before anything runs
+    before = os.environ.get(EXECUTOR_ENV)
+    if config is not None:
+        import json
+
+        os.environ[EXECUTOR_ENV] = json.dumps(config)
+    try:
+        return _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress)
+    finally:
+        if before is None:
+            os.environ.pop(EXECUTOR_ENV, None)
+        else:
+            os.environ[EXECUTOR_ENV] = before
+
+
+def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress) -> dict:
     import papermill as pm
 
     from mmlib.experiments.protocol import short_hash

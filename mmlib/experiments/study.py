@@ -13,6 +13,11 @@ A model is trained once per identity (`ModelSpec.identity`) and an evaluation is
 model, test cases and evaluation settings; everything else reads them back. Tables and findings
 read `Study.results()`: the rows of the current protocol only, so rows of an older preset or of
 changed data stay on disk but never mix with the current ones.
+
+`Study.run` hands the models it still needs to an executor (mmlib.experiments.executors: local
+processes by default, or Slurm). Under torchrun every rank runs the same study: they train each
+model together, one after another, rank 0 alone writes and decides what is done, and the others
+read what it made.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmlib.data.manifest import DatabaseManifest, load_manifest
+from mmlib.engine import distributed
 from mmlib.errors import MMLibError
 from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash
 from mmlib.presets import Preset, load_preset
@@ -97,7 +103,8 @@ class Study:
     """A study folder at one preset on one set of data. `data_root`: a folder holding <NAME>/ per
     database; None: $MMLIB_DATA_ROOT, else each database's $MMLIB_<NAME>_ROOT, else (none of them
     set) the synthetic twins made once in out_dir/data. `seeds` None: the preset's; `processes`
-    None: the preset's."""
+    None: the preset's. `executor`: where `run` trains (executors.executor_from_config; None: the
+    configuration in $MMLIB_EXECUTOR, else local processes); never part of a model's identity."""
 
     out_dir: Path
     preset: Preset | str = "quick"
@@ -106,11 +113,17 @@ class Study:
     seeds: tuple[int, ...] | None = None
     progress: bool = True
     processes: int | None = None
+    executor: object = None
     _dbs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        from mmlib.experiments.executors import config_from_env, executor_from_config
+
         self.out_dir = Path(self.out_dir)
         self.preset = as_preset(self.preset)
+        self.executor = executor_from_config(config_from_env() if self.executor is None else self.executor)
+        distributed.setup(self.device)  # under torchrun: join the other ranks
+        self.progress = self.progress and distributed.is_main()
         from mmlib.data.manifest import ALL_DATABASES, data_root_from_env, use_twins
 
         self.data_root = data_root_from_env(self.data_root)
@@ -118,7 +131,7 @@ class Study:
         self.seeds = tuple(self.preset.seeds if self.seeds is None else self.seeds)
         if self.processes is None:
             self.processes = self.preset.train_processes
-        self._claim_folder()
+        distributed.on_main(self._claim_folder)
 
     @classmethod
     def open(cls, out_dir: str | Path, device: str = "cpu", progress: bool = False) -> "Study":
@@ -178,7 +191,13 @@ class Study:
 
     # -- data ------------------------------------------------------------------------------------
     def databases(self, names) -> dict[str, Database]:
-        """Prepared databases by name (made, preprocessed and cached on first use)."""
+        """Prepared databases by name (made, preprocessed and cached on first use; under torchrun
+        by rank 0 first, so that the others read its files and all see the same data identity)."""
+        names = list(names)
+        distributed.main_first(self._load, names)
+        return {n: self._dbs[n] for n in names}
+
+    def _load(self, names) -> None:
         from mmlib.data.preprocess import prepare_database
         from mmlib.data.readers import split_cases
 
@@ -195,7 +214,6 @@ class Study:
             train, test = ([], list(cases)) if manifest.evaluation_only else split_cases(manifest, cases)
             self._dbs[name] = Database(manifest, root, list(train), list(test), data_identity(manifest, root, train),
                                        data_identity(manifest, root, test))
-        return {n: self._dbs[n] for n in names}
 
     def data_ids(self, names) -> dict[str, str]:
         """The identity of each database's training cases (what a model's identity holds)."""
@@ -213,7 +231,8 @@ class Study:
         return self.models_dir / spec.folder_name(self.preset, self._spec_data_ids(spec))
 
     def is_trained(self, spec: ModelSpec) -> bool:
-        return (self.model_dir(spec) / "final.pt").is_file()
+        final = self.model_dir(spec) / "final.pt"
+        return distributed.on_main(final.is_file)
 
     def train(self, spec: ModelSpec):
         """The trained model of `spec` (trained now if it is not saved yet) -> (model, channel map)."""
@@ -226,7 +245,7 @@ class Study:
 
         run_dir = self.model_dir(spec)
         final = run_dir / "final.pt"
-        if final.is_file():
+        if self.is_trained(spec):
             model, cmap, _ = load_model(final, device=self.device)
             return model, ChannelMap.from_dict(cmap)
         dbs = self.databases(spec.databases)
@@ -248,8 +267,7 @@ class Study:
                                lesion_crop_p=self.preset.lesion_crop_p, seed=spec.seed,
                                rotate_planes=self.preset.rotate_planes)
         plan = schedule(spec, self.preset, batches.epoch_length())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "spec.json", asdict(spec))
+        distributed.on_main(atomic_write_json, run_dir / "spec.json", asdict(spec))
         config = {"arch": spec.net, "width": self.preset.width, "dice_batch": self.preset.dice_batch,
                   "name": spec.trained.name, "identity": run_dir.name}
         train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,
@@ -271,15 +289,16 @@ class Study:
     def evaluate(self, spec: ModelSpec, ev: Evaluation, model=None, cmap=None) -> pd.DataFrame:
         """The rows of `spec` evaluated as `ev` says (run now, or read back)."""
         path = self._evaluation_file(spec, ev)
-        if path.is_file():
-            return _read_rows(path)
+        saved = distributed.on_main(lambda: _read_rows(path) if path.is_file() else None)
+        if saved is not None:
+            return saved
         if model is None:
             model, cmap = self.train(spec)
         rows = self._run_evaluation(spec, ev, model, cmap)
         rows = rows.assign(**spec.row_columns(), preset=self.preset.name, model_id=self.model_dir(spec).name,
                            eval_settings=self.evaluation_settings(),
                            eval_data_id=self.databases([ev.database])[ev.database].test_id)
-        write_rows(rows, path)
+        distributed.on_main(write_rows, rows, path)
         return rows
 
     def _run_evaluation(self, spec: ModelSpec, ev: Evaluation, model, cmap) -> pd.DataFrame:
@@ -290,7 +309,7 @@ class Study:
         if ev.database not in spec.databases:  # a database the model never saw (Appendix B)
             cmap = eval_channel_map(cmap, db.manifest.modalities)
         kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
-                  model_name=spec.trained.name, progress=self.progress, amp=self.preset.amp)
+                  model_name=spec.trained.name, progress=self.progress, amp=self.preset.amp, across_ranks=True)
         if ev.combinations:
             rows = evaluate_all_combinations(model, db.test, cmap, **kw)
         else:
@@ -303,11 +322,11 @@ class Study:
 
     # -- running jobs ----------------------------------------------------------------------------
     def run(self, jobs: list[Job]) -> pd.DataFrame:
-        """Train and evaluate what `jobs` need and is not saved yet (side by side in `processes`
-        worker processes, parents before the models fine-tuned from them); every job's rows."""
+        """Train and evaluate what `jobs` need and is not saved yet (through the executor, parents
+        before the models fine-tuned from them); every job's rows."""
         jobs = _with_parents(jobs)
-        pending = [j for j in jobs if not self.is_trained(j.spec)
-                   or any(not self._evaluation_file(j.spec, e).is_file() for e in j.evaluations)]
+        pending = distributed.on_main(lambda: [j for j in jobs if not self.is_trained(j.spec) or any(
+            not self._evaluation_file(j.spec, e).is_file() for e in j.evaluations)])
         while pending:
             ready = [j for j in pending if j.spec.parent is None or self.is_trained(j.spec.parent)]
             self._work(ready)
@@ -316,35 +335,11 @@ class Study:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def _work(self, jobs: list[Job]) -> None:
-        if (self.processes or 1) <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                _do_job(self, job)
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        if distributed.collective():  # under torchrun the ranks train each model together
+            from mmlib.experiments.executors import InlineExecutor
 
-        from tqdm.auto import tqdm
-
-        from mmlib.engine.device import cpu_count
-
-        n = min(self.processes, len(jobs))
-        state = {"out_dir": str(self.out_dir), "preset": self.preset, "data_root": self.data_root,
-                 "device": self.device, "seeds": self.seeds, "threads": max(1, cpu_count() // n)}
-        self.databases(sorted({d for j in jobs for e in j.evaluations for d in (*j.spec.databases, e.database)}))
-        order = sorted(jobs, key=lambda j: j.spec.cost((self.preset.steps or 1) * j.spec.step_fraction),
-                       reverse=True)  # longest first: the pool ends together
-        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job, state, j): j for j in order}
-            bar = tqdm(as_completed(futures), total=len(futures), disable=not self.progress,
-                       desc=f"{len(order)} models in {n} processes", unit="model")
-            for future in bar:
-                problem = future.result()
-                if problem:
-                    for other in futures:
-                        other.cancel()
-                    job = futures[future]
-                    raise MMLibError(f"model {job.spec.name} (seed {job.spec.seed}) failed: {problem}",
-                                     self.model_dir(job.spec))
+            return InlineExecutor().run(self, jobs)
+        self.executor.run(self, jobs)
 
     # -- reading results back ----------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
@@ -435,7 +430,7 @@ def _run_job(state: dict, job: Job) -> str | None:
     torch.set_num_threads(state["threads"])
     try:
         study = Study(Path(state["out_dir"]), state["preset"], data_root=state["data_root"],
-                      device=state["device"], seeds=state["seeds"], progress=False, processes=1)
+                      device=state["device"], seeds=state["seeds"], progress=False, processes=1, executor="inline")
         _do_job(study, job)
     except Exception as exc:  # reported in the parent, naming the model
         return f"{type(exc).__name__}: {exc}"
