@@ -372,10 +372,11 @@ def test_split_of_case_files_matches_the_split_of_their_ids(tmp_path, manifests)
     assert [c.case_id for c in train] == train_ids and [c.case_id for c in test] == test_ids
 
 
-def test_split_seed_comes_from_the_manifest(manifests):
-    ids = [f"case_{i:03d}" for i in range(60)]
-    reseeded = dataclasses.replace(manifests["WMH"], split_seed=1)
-    assert split_cases(reseeded, ids)[0] != split_cases(manifests["WMH"], ids)[0]
+def test_the_test_cases_are_the_last_ones_by_name(manifests):
+    ids = [f"case_{i:03d}" for i in range(60)][::-1]
+    train, test = split_cases(manifests["WMH"], ids)
+    assert train == [f"case_{i:03d}" for i in range(42)]
+    assert test == [f"case_{i:03d}" for i in range(42, 60)]
 
 
 def test_evaluation_only_database_splits_into_test_cases_only(manifests):

@@ -20,7 +20,7 @@ The schema (every key is checked on load, every mistake named):
       label: "{case}/Masks/Consensus.nii.gz"
       # msd4d: images: imagesTr, labels: labelsTr, channels: [FLAIR, T1w, t1gd, T2w]
     labels: {lesion: [1, 2, 3], ignore: []}   # label values merged to lesion / ignored
-    split: {cases: 484, train: 444, seed: 0}  # the paper's counts; train 0 = evaluation only
+    split: {cases: 484, train: 444}  # the paper's counts (test: the last cases by name); train 0 = evaluation only
     synth: {...}                        # parameters of the synthetic twin (mmlib.data.synth)
 """
 
@@ -68,7 +68,6 @@ class DatabaseManifest:
     ignore_values: tuple[int, ...]
     split_cases: int
     split_train: int
-    split_seed: int = 0
     skull_stripped: bool = True
     brain_mask: str = "derived"
     release: str = ""
@@ -255,10 +254,12 @@ def parse_manifest(raw: Any, path: str | Path | None = None) -> DatabaseManifest
     if set(lesion) & set(ignore) or 0 in ignore:
         _fail(path, "labels.ignore must not contain 0 or a lesion value")
     split = raw["split"]
-    if not isinstance(split, dict) or set(split) - {"cases", "train", "seed"} or "cases" not in split or "train" not in split:
-        _fail(path, "split must be a mapping {cases: N, train: K, seed: S} (seed optional)")
-    n, k, seed = split["cases"], split["train"], split.get("seed", 0)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, k, seed)) or n < 1 or not 0 <= k < n:
+    if isinstance(split, dict) and "seed" in split:
+        _fail(path, "split: no seed any more: the test cases are the last ones by case name (the authors' rule)")
+    if not isinstance(split, dict) or set(split) - {"cases", "train"} or "cases" not in split or "train" not in split:
+        _fail(path, "split must be a mapping {cases: N, train: K}")
+    n, k = split["cases"], split["train"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, k)) or n < 1 or not 0 <= k < n:
         _fail(path, f"split: need integers with 0 <= train < cases, got cases={n!r} train={k!r}")
     brain_mask = raw.get("brain_mask", "derived")
     if brain_mask not in ("derived", "template"):
@@ -271,7 +272,7 @@ def parse_manifest(raw: Any, path: str | Path | None = None) -> DatabaseManifest
         _fail(path, "synth must be a mapping")
     return DatabaseManifest(
         name=name, pathology=str(raw["pathology"]), modalities=tuple(canon_mods), layout=layout,
-        lesion_values=lesion, ignore_values=ignore, split_cases=n, split_train=k, split_seed=seed,
+        lesion_values=lesion, ignore_values=ignore, split_cases=n, split_train=k,
         skull_stripped=stripped, brain_mask=brain_mask, release=str(raw.get("release", "")),
         synth=synth, path=None if path is None else Path(path), raw=raw)
 

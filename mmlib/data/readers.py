@@ -284,12 +284,9 @@ def _item_id(item) -> str:
 def split_cases(manifest: DatabaseManifest, cases: Sequence[T]) -> tuple[list[T], list[T]]:
     """Deterministic train/test split of case ids (or objects with a case_id), each sorted by id.
 
-    Sort by id, shuffle with numpy default_rng(manifest.split_seed), the first
-    manifest.train_count(n) are train: the same ids always give the same split.
+    The authors' rule: sort the cases by id; the first manifest.train_count(n) are train, the
+    rest (the last ones) are test. The same ids always give the same split.
     """
     ordered = sorted(cases, key=_item_id)
-    order = np.random.default_rng(manifest.split_seed).permutation(len(ordered))
     k = manifest.train_count(len(ordered))
-    train = sorted((ordered[i] for i in order[:k]), key=_item_id)
-    test = sorted((ordered[i] for i in order[k:]), key=_item_id)
-    return train, test
+    return list(ordered[:k]), list(ordered[k:])

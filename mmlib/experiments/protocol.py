@@ -294,7 +294,7 @@ def deviations(preset: Preset) -> list[Deviation]:
                                                    f"{planes}, p {preset.rotate_p:g}"),
         ("seeds per model", "3", str(len(preset.seeds))),
         ("train/test split", "case files sorted by name, the last ones are test",
-         "a seeded permutation of the sorted case ids, the paper's counts (scaled to a twin's size)"),
+         "same, with the paper's counts (scaled to a twin's size)"),
         ("background outside the brain", "-mean/std (the whole volume z-scored with the brain's statistics)",
          "0 (z-scored inside the brain, zero outside)"),
         ("model selection", "the checkpoint with the best Dice on the held-out cases",
