@@ -57,6 +57,13 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _replace(tmp: Path, path: Path, durable: bool) -> None:
+    """Rename the finished temporary file over `path` (and make the rename itself durable)."""
+    os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, keep_suffix: bool = True, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path` for a writer that wants a file name (savefig,
@@ -75,9 +82,7 @@ def atomic_path(path: str | Path, keep_suffix: bool = True, durable: bool = Fals
         if durable:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if durable:
-            _fsync_dir(path.parent)
+        _replace(tmp, path, durable)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -101,9 +106,7 @@ def atomic_open(path: str | Path, mode: str = "wb", durable: bool = False,
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if durable:
-            _fsync_dir(path.parent)
+        _replace(tmp, path, durable)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
