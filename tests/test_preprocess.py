@@ -285,6 +285,21 @@ def test_a_changed_input_file_is_prepared_again_not_taken_from_the_cache(tmp_pat
     np.testing.assert_array_equal(again[0].label, after[0].label)
 
 
+def test_a_root_given_relative_to_the_working_directory_records_the_same_inputs(tmp_path, monkeypatch):
+    from mmlib.data.identity import cases_identity
+
+    root = tmp_path / "release"
+    _release(root)
+    absolute = prepare_database(manifest(), root, 2.0, tmp_path / "cache", progress=False)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", preprocess.DataChangedWarning)  # the cached entries are still current
+        relative = prepare_database(manifest(), Path("release"), 2.0, Path("cache"), progress=False)
+    assert all(None not in stats for c in relative for stats in c.sources.values())
+    assert [c.sources for c in relative] == [c.sources for c in absolute]
+    assert cases_identity(relative, Path("release")) == cases_identity(absolute, root)
+
+
 def test_another_root_gets_its_own_cache_folder(tmp_path, fake_release):
     prepare_database(manifest(), tmp_path / "a", 4.0, tmp_path / "cache", progress=False)
     prepare_database(manifest(), tmp_path / "b", 4.0, tmp_path / "cache", progress=False)

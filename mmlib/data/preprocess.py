@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import warnings
 import zipfile
@@ -324,7 +325,8 @@ def prepare_database(manifest, root, spacing_mm: float, cache_dir, progress: boo
     from tqdm.auto import tqdm
 
     find_cases, read_case = _readers()
-    root = manifest.resolve_root(root)
+    # Absolute, so that the files' recorded names and stats do not depend on the working directory.
+    root = Path(os.path.normpath(Path(manifest.resolve_root(root)).absolute()))
     folder = None
     if cache_dir is not None:
         folder = Path(cache_dir) / manifest.name / cache_key(manifest, spacing_mm, root)
