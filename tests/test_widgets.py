@@ -260,6 +260,15 @@ def test_results_explorer_redraws_for_the_chosen_metric_and_database():
     assert "Table 7" in ex.table_html.value and "ASSD" in ex.table_html.value
 
 
+def test_results_explorer_opens_on_a_combination_that_has_rows():
+    rows = tidy_rows()
+    # A leave-one-out LFUnet scored on WMH only: alphabetically first architecture and setting, no BRATS rows.
+    extra = rows.head(1).assign(database="WMH", arch="lfunet", training="LOO", model="LOO-WMH-lfunet-drop")
+    ex = ResultsExplorer(pd.concat([extra, rows], ignore_index=True), references={})
+    assert (ex.database.value, ex.arch.value, ex.setting.value) == ("BRATS", "multiunet", "MD (drop)")
+    assert not ex.grid.empty and len(ex.spread)
+
+
 def test_results_load_from_a_csv_of_tidy_rows_or_a_study_folder_only(tmp_path):
     from mmlib.errors import MMLibError
 

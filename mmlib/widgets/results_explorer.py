@@ -46,6 +46,16 @@ def setting_label(training: str, drop: bool) -> str:
     return f"{training or '?'} ({'drop' if drop else 'all mods'})"
 
 
+def busiest_choice(results: pd.DataFrame) -> tuple[str, str, str]:
+    """(database, arch, setting) with the most result rows: what the explorer opens on, so that
+    its first picture is never an empty combination."""
+    keys = pd.DataFrame({"database": results["database"], "arch": results["arch"].fillna(""),
+                         "setting": [setting_label(t, d) for t, d in zip(results["training"], results["drop"])]})
+    if (keys["arch"] != "").any():  # rows without an architecture (baseline rules) are not offered
+        keys = keys[keys["arch"] != ""]
+    return keys.value_counts(sort=True).index[0]
+
+
 def _filter(results: pd.DataFrame, arch: str | None = None, setting: str | None = None) -> pd.DataFrame:
     df = results
     if arch:
@@ -187,6 +197,7 @@ class ResultsExplorer:
         self.setting = W.Dropdown(options=settings, description="training")
         self.metric = W.Dropdown(options=metrics, description="metric")
         self.source = W.Dropdown(options=list(self.sources), description="results")
+        self._choose(*busiest_choice(r))
         self.bars = W.Image(format="png")
         self.table_html = W.HTML()
         self.heatmap = W.Image(format="png")
@@ -220,7 +231,12 @@ class ResultsExplorer:
                 widget.options = options
                 values = [o[1] if isinstance(o, tuple) else o for o in options]
                 widget.value = keep if keep in values else (values[0] if values else None)
+            if _filter(r[r["database"] == self.database.value], **self._selection()).empty:
+                self._choose(*busiest_choice(r))
         self.render()
+
+    def _choose(self, database: str, arch: str, setting: str) -> None:
+        self.database.value, self.arch.value, self.setting.value = database, arch, setting
 
     def _selection(self) -> dict[str, Any]:
         return dict(arch=self.arch.value or None, setting=self.setting.value)
