@@ -15,7 +15,7 @@ MMLIB=("$PY" -m mmlib)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(bench parity study)
 mkdir -p "$OUT"
-"$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name(0))' \
+"$PY" -c 'import sys, torch; torch.cuda.is_available() or sys.exit("gpu_checks: no CUDA device here"); print(torch.cuda.get_device_name(0))' \
   | tee "$OUT/device.txt" || exit 2
 
 timed() {  # name, command...: run it, keep its log and wall time
