@@ -63,7 +63,7 @@ def test_the_results_explorer_switches_to_a_reference_and_labels_it(tmp_path):
     ref = rows_for_cells(cells_at(F4, 0.2))
     ex = ResultsExplorer(ours, references={"long-cpu": ref})
     assert list(ex.source.options) == ["this run", "reference long-cpu"]
-    ex.database.value = "TUMOR2"
+    ex.database.value, ex.setting.value = "TUMOR2", "MD (drop)"  # the joint model: 0.55 here, 0.70 there
     before = ex.spread.copy()
     ex.source.value = "reference long-cpu"
     assert ex.database.value == "TUMOR2" and not ex.spread.equals(before)
@@ -71,3 +71,16 @@ def test_the_results_explorer_switches_to_a_reference_and_labels_it(tmp_path):
     assert ("all five (drop)", "reference long-cpu") in ex.table.index
     # The tables stay this run's, with the reference beside it, whichever rows the plots show.
     assert ex.table.loc[("all five (drop)", "ours"), "Tumor 2 (T1)"] == pytest.approx(0.55)
+
+
+def test_every_shipped_reference_run_is_whole_and_its_verdicts_follow_from_its_rows():
+    from mmlib.experiments.findings import evaluate_findings
+
+    runs = reference_runs()
+    assert runs, "mmlib ships at least one reference run"
+    for name, run in runs.items():
+        assert run.provenance["preset"] and len(run.provenance["commit"]) == 40, name
+        saved = json.loads((run.folder / "findings.json").read_text())["findings"]
+        again = evaluate_findings(run.results)
+        assert {k: f["verdict"] for k, f in saved.items()} == {k: f["verdict"] for k, f in again.items()}, name
+        assert f"Reference run {name}" in (run.folder / "report.md").read_text()
