@@ -127,3 +127,22 @@ def test_a_child_process_works_under_its_parents_lock_but_a_stranger_does_not(tm
     assert child.returncode == 0 and child.stdout.strip() == "ok"
     assert stranger.returncode != 0 and "in use by another mmlib run" in stranger.stderr
     assert "MMLIB_HELD_LOCKS" not in os.environ
+
+
+@pytest.mark.parametrize("read, name", [
+    ("mmlib.engine.checkpoint:checkpoint_seconds", "MMLIB_CHECKPOINT_SECONDS"),
+    ("mmlib.engine.distributed:timeout_minutes", "MMLIB_DIST_TIMEOUT_MIN"),
+    ("mmlib.data.nifti:max_voxels", "MMLIB_MAX_VOXELS")])
+def test_numeric_settings_refuse_what_is_not_a_finite_positive_number(monkeypatch, read, name):
+    import importlib
+
+    from mmlib.errors import MMLibError
+
+    module, func = read.split(":")
+    setting = getattr(importlib.import_module(module), func)
+    monkeypatch.setenv(name, "250")
+    assert setting() == 250
+    for bad in ("often", "0", "-3", "nan", "inf"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(MMLibError, match=f"{name} must be a positive number"):
+            setting()

@@ -19,6 +19,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from mmlib.env import positive_number
 from mmlib.errors import ImageReadError, MMLibError
 from mmlib.io import atomic_write_bytes
 
@@ -39,15 +40,9 @@ GZIP_MAX_RATIO = 1032
 
 def max_voxels() -> int:
     """The voxel limit per 3D volume: $MMLIB_MAX_VOXELS if set, else MAX_VOXELS."""
-    env = os.environ.get("MMLIB_MAX_VOXELS")
-    if not env:
-        return MAX_VOXELS
-    try:
-        value = int(float(env))
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise MMLibError(f"MMLIB_MAX_VOXELS must be a positive number of voxels, got {env!r}")
+    value = int(positive_number("MMLIB_MAX_VOXELS", MAX_VOXELS, "voxels"))
+    if value < 1:  # a fraction of a voxel
+        raise MMLibError(f"MMLIB_MAX_VOXELS must be a positive number of voxels, got {os.environ['MMLIB_MAX_VOXELS']!r}")
     return value
 
 

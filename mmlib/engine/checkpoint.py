@@ -8,7 +8,6 @@ checkpoint's model config is validated (types, ranges) before any network is bui
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmlib.errors import CheckpointError, MMLibError
+from mmlib.env import positive_number
+from mmlib.errors import CheckpointError
 from mmlib.io import atomic_open
 
 FORMAT_VERSION = 1
@@ -70,16 +70,7 @@ def atomic_save(obj: dict, path: str | Path) -> Path:
 
 def checkpoint_seconds() -> float:
     """Seconds between checkpoints: $MMLIB_CHECKPOINT_SECONDS if set, else CHECKPOINT_SECONDS."""
-    env = os.environ.get("MMLIB_CHECKPOINT_SECONDS")
-    if not env:
-        return CHECKPOINT_SECONDS
-    try:
-        value = float(env)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise MMLibError(f"MMLIB_CHECKPOINT_SECONDS must be a positive number of seconds, got {env!r}")
-    return value
+    return positive_number("MMLIB_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS, "seconds")
 
 
 class CheckpointSchedule:

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
+from mmlib.env import positive_number
 from mmlib.errors import MMLibError
 
 T = TypeVar("T")
@@ -74,16 +75,7 @@ def _solo() -> bool:
 
 def timeout_minutes() -> float:
     """How long a rank waits in a collective: $MMLIB_DIST_TIMEOUT_MIN, else DEFAULT_TIMEOUT_MIN."""
-    env = os.environ.get("MMLIB_DIST_TIMEOUT_MIN")
-    if not env:
-        return DEFAULT_TIMEOUT_MIN
-    try:
-        value = float(env)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise MMLibError(f"MMLIB_DIST_TIMEOUT_MIN must be a positive number of minutes, got {env!r}")
-    return value
+    return positive_number("MMLIB_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN, "minutes")
 
 
 def _wants_cuda(device) -> bool:
