@@ -104,3 +104,23 @@ def write_tiny_release(manifest: DatabaseManifest, root: str | Path, n_cases: in
             save_volume(tiny_label(manifest, shape), affine, root / rel)
         ids.append(_case_id(manifest, folder))
     return sorted(ids)
+
+
+def lock_folder(monkeypatch, locked: Path) -> None:
+    """Make `locked` behave as a folder without read and search permission (for tests run as root,
+    whom real permissions do not stop): listing it, and stat'ing anything inside it, fail."""
+    import os
+
+    real = {name: getattr(os, name) for name in ("scandir", "stat", "lstat")}
+
+    def deny(name, inside):
+        def call(path=".", *args, **kwargs):
+            full = os.path.abspath(path)
+            if full.startswith(str(locked) + os.sep) if inside else full == str(locked):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real[name](path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "scandir", deny("scandir", inside=False))
+    monkeypatch.setattr(os, "stat", deny("stat", inside=True))
+    monkeypatch.setattr(os, "lstat", deny("lstat", inside=True))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fixtures import tiny_affine, tiny_label, write_tiny_release
+from fixtures import lock_folder, tiny_affine, tiny_label, write_tiny_release
 from mmlib.data.manifest import load_manifest
 from mmlib.data.nifti import load_volume, save_volume
 from mmlib.data.readers import find_cases
@@ -437,25 +437,14 @@ def test_fault8_permission_problems_are_reported_as_permission_problems(tmp_path
     write_tiny_release(manifest, tmp_path, n_cases=2)
     locked = tmp_path / "sub-001" / "anat"  # as if without read and search permission
     unreadable = tmp_path / "sub-002" / "anat" / "sub-002_T1w.nii.gz"
-    real = {name: getattr(os, name) for name in ("scandir", "stat", "lstat")}
     real_load = nib.load
-
-    def deny(name, inside):
-        def call(path=".", *args, **kwargs):
-            full = os.path.abspath(path)
-            if full.startswith(str(locked) + os.sep) if inside else full == str(locked):
-                raise PermissionError(13, "Permission denied", str(path))
-            return real[name](path, *args, **kwargs)
-        return call
 
     def load(filename, *args, **kwargs):
         if os.path.abspath(filename) == str(unreadable):
             raise PermissionError(13, "Permission denied", str(filename))
         return real_load(filename, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", deny("scandir", inside=False))
-    monkeypatch.setattr(os, "stat", deny("stat", inside=True))
-    monkeypatch.setattr(os, "lstat", deny("lstat", inside=True))
+    lock_folder(monkeypatch, locked)
     monkeypatch.setattr(nib, "load", load)
     problems = {p.file: p.problem for p in check_database(manifest, tmp_path).problems}
     assert problems == {str(locked / "sub-001_T1w.nii.gz"): f"case sub-001: T1: permission denied: cannot list {locked}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import os
@@ -12,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fixtures import tiny_affine, tiny_label, write_tiny_release
+from fixtures import lock_folder, tiny_affine, tiny_label, write_tiny_release
 from mmlib.data.manifest import ALL_DATABASES, parse_manifest
 from mmlib.data.nifti import load_channels, load_label, load_volume, save_volume
 from mmlib.data.readers import find_cases, read_case, split_cases
@@ -310,19 +309,8 @@ def test_a_folder_that_cannot_be_listed_is_a_permission_problem_not_a_missing_fi
     manifest = manifests["TBI"]
     write_tiny_release(manifest, tmp_path, n_cases=1)
     locked = tmp_path / "sub-001" / "anat"  # as without read and search permission
-    real = {name: getattr(os, name) for name in ("scandir", "stat", "lstat")}
 
-    def deny(name, inside):
-        def call(path=".", *args, **kwargs):
-            full = os.path.abspath(path)
-            if full.startswith(str(locked) + os.sep) if inside else full == str(locked):
-                raise PermissionError(13, "Permission denied", str(path))
-            return real[name](path, *args, **kwargs)
-        return call
-
-    monkeypatch.setattr(os, "scandir", deny("scandir", inside=False))
-    monkeypatch.setattr(os, "stat", deny("stat", inside=True))
-    monkeypatch.setattr(os, "lstat", deny("lstat", inside=True))
+    lock_folder(monkeypatch, locked)
     case = find_cases(manifest, tmp_path)[0]
     assert case.problems["FLAIR"] == (str(locked / "sub-001_FLAIR.nii.gz"), f"permission denied: cannot list {locked}")
 
