@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmlib.engine.precision import state_finite
 from mmlib.env import positive_number
 from mmlib.errors import CheckpointError
 from mmlib.io import atomic_open
@@ -213,7 +214,7 @@ def _in_channels(config: dict, channel_map: dict, path: Path) -> int:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """Rebuild the trained model of a checkpoint -> (model in eval mode on `device`, channel map
     dict, config). `device` may be 'auto' (the GPU when there is one). The config is validated
-    (validate_model_config) before the network is built."""
+    (validate_model_config) before the network is built; non-finite weights are refused."""
     from mmlib.engine.device import pick_device
     from mmlib.models import build_model
 
@@ -223,6 +224,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if not isinstance(config, dict) or "arch" not in config or "width" not in config:
         raise CheckpointError("config lacks 'arch' or 'width'; cannot rebuild the model", path)
     validate_model_config(config, path)
+    if not state_finite(state["model"]):
+        raise CheckpointError("the weights hold NaN or infinite values: a model that diverged is never evaluated "
+                              "(delete its folder to train it again)", path)
     model = build_model(config["arch"], _in_channels(config, channel_map, path), float(config["width"]))
     load_weights(model, state, path)
     return model.to(pick_device(device)).eval(), channel_map, config

@@ -21,6 +21,7 @@ from mmlib.data.loaders import ChannelMap, all_subsets
 from mmlib.data.modalities import sort_modalities
 from mmlib.engine import distributed
 from mmlib.engine.device import amp_dtype, pick_device
+from mmlib.engine.precision import NonFiniteError, checked_dtype
 from mmlib.metrics import segmentation_metrics
 
 #: Windows per forward pass of one subset's prediction (`predict_case`'s default).
@@ -60,7 +61,8 @@ def predict_subsets(
     else:
         pres = torch.as_tensor(np.asarray(presents, bool), device=device)
         x = torch.where(pres[:, :, None, None, None], base[None], 0.0)  # absent channels: +0.0
-    dtype = amp_dtype(device) if amp else None
+    # Reduced precision only where the network passed its self-check on this machine.
+    dtype = checked_dtype(model, amp_dtype(device), device, roi)[0] if amp else None
 
     def predictor(window: torch.Tensor, coords) -> torch.Tensor:
         n = window.shape[0]
@@ -73,7 +75,12 @@ def predict_subsets(
             p = None if p is None else torch.cat([p, p])
         window = window.contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return model(window, present=p).float()[:n]
+            out = model(window, present=p).float()[:n]
+        if dtype is not None and not bool(torch.isfinite(out).all()):
+            out = model(window, present=p).float()[:n]  # the window again in float32
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError("the network's output holds NaN or infinite values in float32")
+        return out
 
     with torch.inference_mode():
         logits = sliding_window_inference(x, (roi,) * 3, sw_batch, predictor, overlap=overlap, with_coord=True)

@@ -11,42 +11,38 @@ whole batch, and rank 0 alone writes; a checkpoint resumes with any number of ra
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import torch
-from monai.losses import DiceLoss
 from torch import nn
 from tqdm.auto import tqdm
 
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import distributed
 from mmlib.engine.checkpoint import CheckpointSchedule, load_checkpoint, load_weights, save_checkpoint
+from mmlib.engine.convergence import RULE, Validation, judge_learning
 from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
+from mmlib.engine.losses import dice_loss
+from mmlib.engine.precision import NonFiniteError, PrecisionCheck, checked_dtype, model_finite
 from mmlib.errors import MMLibError
-from mmlib.io import atomic_path
+from mmlib.io import atomic_path, atomic_write_json
 
 
 @dataclass
 class TrainResult:
-    """Where the final checkpoint lies, and the loss of every step (resumed steps included)."""
+    """Where the final checkpoint lies, the loss of every step (resumed steps included), and the
+    run's record (precision, validation curve, whether it learnt: training.json)."""
 
     path: Path
     losses: list[float]
-
-
-def dice_loss(logits: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, batch: bool = True) -> torch.Tensor:
-    """Soft Dice loss of sigmoid(logits) vs y, all (B, 1, X, Y, Z); voxels with valid == 0 left out.
-
-    batch=True: one Dice over the whole batch. The paper's MONAI default (batch=False, a Dice per
-    sample, averaged) is unstable on crops without lesion, which are common in small crops.
-    """
-    probs = torch.sigmoid(logits.float()) * valid
-    return DiceLoss(batch=batch)(probs, y.float() * valid)
+    record: dict = field(default_factory=dict)
 
 
 def lr_at(step: int, lr: float, lr_drop_step: int | None) -> float:
@@ -84,6 +80,8 @@ class TrainStep:
     to `device` (channels-last: None = on CPU only), owns Adam and the loss scaler; called with a
     batch and a learning rate, it returns the step's float32 loss, still on the device.
 
+    amp: autocast in the machine's reduced precision, where the network passes its self-check on
+    this machine (mmlib.engine.precision) on the first batch; `precision` then says what is used.
     data_parallel: wrap the model in DistributedDataParallel (a process group must be up); each
     call then takes this rank's share of a batch holding `global_batch`, and returns its share of
     the loss (summed over the ranks: the loss of the global batch)."""
@@ -105,8 +103,12 @@ class TrainStep:
         # Fused Adam: one kernel for all parameters on a GPU instead of a few per tensor.
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
         self.dtype = amp_dtype(device) if amp else None
+        self.check: PrecisionCheck | None = None
         if amp and self.dtype is None:
+            self.note = "float32 (amp asked for, but this CPU has no native bf16)"
             warnings.warn("amp asked for, but this CPU has no native bf16: training in float32", stacklevel=3)
+        else:
+            self.note = "float32" if self.dtype is None else None  # decided by the self-check
         # bf16 needs no loss scaling; fp16 (GPUs without bf16) does.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self._autocast_tried = False
@@ -124,21 +126,40 @@ class TrainStep:
             kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
             self.forward = torch.compile(self.forward, **kwargs)
 
+    @property
+    def precision(self) -> str:
+        """'bf16', 'float16' or 'float32': what the steps compute in (after the self-check)."""
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.").replace("bfloat16", "bf16")
+
+    def use_float32(self, why: str) -> None:
+        """Train in float32 from now on (a failed self-check, or a non-finite value under autocast)."""
+        self.dtype, self.note = None, f"float32 ({why})"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+
     def __call__(self, batch: dict, lr: float) -> torch.Tensor:
         if self.dtype is None or self._autocast_tried:
             return self._step(batch, lr)
+        self._autocast_tried, before = True, rng_state()
+        # A fast path proves itself on this machine before it is used.
+        dtype, self.check = checked_dtype(self.model, self.dtype, self.device, int(torch.as_tensor(batch["x"]).shape[-1]))
+        if dtype is None:
+            warnings.warn(f"{self.check.describe()}; training in float32", stacklevel=2)
+            self.use_float32(self.check.describe())
+            set_rng_state(before)
+            return self._step(batch, lr)
+        self.note = f"{self.precision} autocast ({self.check.describe()})"
+        set_rng_state(before)
         # A model that mixes dtypes by hand (e.g. index_put of autocast output into a float32
         # tensor) fails on its first forward: say so and train in float32, from the same RNG state.
-        self._autocast_tried, before = True, rng_state()
         try:
             return self._step(batch, lr)
         except RuntimeError as err:
             if "dtype" not in str(err):
                 raise
             warnings.warn(f"amp asked for, but {type(self.model).__name__} fails under autocast ({err}); "
-                          f"training in float32", stacklevel=3)
+                          f"training in float32", stacklevel=2)
             set_rng_state(before)
-            self.dtype = None
+            self.use_float32(f"{type(self.model).__name__} fails under autocast")
             return self._step(batch, lr)
 
     def _step(self, batch: dict, lr: float) -> torch.Tensor:
@@ -164,6 +185,14 @@ class TrainStep:
         return loss.detach() / self.world if self.world > 1 else loss.detach()
 
 
+class _NonFinite(Exception):
+    """Raised inside `train` when a read-back finds a NaN or infinity (handled there)."""
+
+    def __init__(self, step: int, what: str):
+        self.step, self.what = step, what
+        super().__init__(f"non-finite {what} by step {step}")
+
+
 def train(
     model: nn.Module,
     batches: Iterable[dict],
@@ -185,14 +214,20 @@ def train(
     channels_last: bool | None = None,
     compile: bool | str | dict = False,
     data_on_device: bool | None = None,
+    validation: Validation | None = None,
+    select_best: bool = False,
 ) -> TrainResult:
     """Train `model` (built and seeded by the caller) for `steps` steps on `batches`: a JointBatches
     (drawn by step) or any iterable of dicts x, y, valid, present. Writes out_dir/last.pt every
     `checkpoint_seconds` (None: $MMLIB_CHECKPOINT_SECONDS or CheckpointSchedule's default) or every
-    `checkpoint_every` steps, at the end and on Ctrl-C, then losses.csv and final.pt. amp: bf16
-    autocast (CPU: if it has bf16); compile: True, a mode or torch.compile kwargs; channels_last
-    None: on CPU only. `config` names 'arch', 'width'; 'dice_batch' is read. Under torchrun:
-    DistributedDataParallel (batches drawn by step), rank 0 writes, every rank returns the result."""
+    `checkpoint_every` steps, at the end and on Ctrl-C, then losses.csv, training.json (precision,
+    validation curve, whether it learnt) and final.pt. amp: bf16 autocast where it passes its
+    self-check; compile: True, a mode or torch.compile kwargs; channels_last None: on CPU only.
+    `config` names 'arch', 'width'; 'dice_batch' and 'name' are read. validation: measured at its
+    steps; select_best: final.pt holds the weights of the best validation Dice. Losses and weights
+    are checked for NaN/inf where losses are read back: under autocast the run goes back to its
+    last finite state in float32; in float32 it stops with NonFiniteError, writing no final.pt.
+    Under torchrun: DistributedDataParallel (batches drawn by step), rank 0 writes."""
     ddp = distributed.setup(device) and distributed.collective()
     rank, world = (distributed.rank(), distributed.world_size()) if ddp else (0, 1)
     seed_everything(rank_seed(seed, rank))  # before anything random (dropout) happens
@@ -202,6 +237,7 @@ def train(
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
     config = {"in_channels": len(cmap), **config,
               "steps": steps, "lr": lr, "lr_drop_step": lr_drop_step, "seed": seed}
+    name = config.get("name") or config.get("arch")
 
     # Batches drawn by step number need no state; on a GPU a JointBatches draws them there.
     by_step = callable(getattr(batches, "batch", None))
@@ -215,84 +251,142 @@ def train(
     distributed.on_main(out_dir.mkdir, parents=True, exist_ok=True)
     one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True),
                          data_parallel=ddp)
-    optimizer, scaler = one_step.optimizer, one_step.scaler
+    optimizer = one_step.optimizer
     if data_on_device is None:
         data_on_device = device.type == "cuda"
     source = batches
     if data_on_device and isinstance(batches, JointBatches):
         batches = batches.to(device)
 
-    # Start fresh, or pick up exactly where out_dir/last.pt left off (every rank from the same
-    # file, written by rank 0 of a run with any number of ranks: batches are drawn by step).
-    start, losses = 0, []
-    if resume and distributed.on_main(last.exists):
-        state = load_checkpoint(last, map_location="cpu")
-        load_weights(model, state, last)
+    # What this run remembers beside the weights (saved in every checkpoint, for resume).
+    losses: list[float] = []
+    log = {"curve": [], "fallback": None, "best": None}
+    val_steps = set(validation.steps(steps)) if validation else set()
+
+    def restore(state: dict, path: Path | None) -> int:
+        for key in log:
+            log[key] = state["extra"].get(key, log[key])
+        if log["fallback"] is not None:  # a run that fell back to float32 resumes in float32
+            one_step._autocast_tried = True
+            one_step.use_float32(log["fallback"]["why"])
+        load_weights(model, state, path or out_dir)
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["extra"]["scaler"])
+        one_step.scaler.load_state_dict(state["extra"]["scaler"])
         if not by_step and state["extra"]["batches"] is not None and hasattr(batches, "load_state_dict"):
             batches.load_state_dict(state["extra"]["batches"])
-        start, losses = state["step"], list(state["extra"]["losses"])
+        losses[:] = list(state["extra"]["losses"])
         # Rank 0 carries on with the saved torch RNG (one process: bitwise the uninterrupted
         # run); the other ranks' dropout streams are drawn afresh for the step resumed at.
-        set_rng_state(state["rng"]) if rank == 0 else seed_everything(rank_seed(seed, rank, start))
+        set_rng_state(state["rng"]) if rank == 0 else seed_everything(rank_seed(seed, rank, state["step"]))
+        return state["step"]
+
+    def snapshot(done: int, rng: dict, data: dict | None) -> dict:
+        return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()), "step": done, "rng": rng,
+                "extra": {"batches": data, "losses": losses[:done], "scaler": one_step.scaler.state_dict(),
+                          **copy.deepcopy(log)}}
 
     def checkpoint(path: Path, done: int, rng: dict, data: dict | None) -> None:
         save_checkpoint(path, model, optimizer, {"lr": lr, "lr_drop_step": lr_drop_step}, done,
                         config, cmap.to_dict(), rng,
-                        extra={"batches": data, "losses": losses[:done], "scaler": scaler.state_dict(),
-                               "world_size": world})
+                        extra={"batches": data, "losses": losses[:done], "scaler": one_step.scaler.state_dict(),
+                               "world_size": world, "precision": one_step.precision, **log})
+
+    # Start fresh, or pick up exactly where out_dir/last.pt left off (every rank from the same
+    # file, written by rank 0 of a run with any number of ranks: batches are drawn by step).
+    start = 0
+    if resume and distributed.on_main(last.exists):
+        start = restore(load_checkpoint(last, map_location="cpu"), last)
+    # The state a non-finite value under autocast returns to, until a checkpoint replaces it.
+    finite_state = snapshot(start, rng_state(), {"step": start} if by_step else _iterator_state(batches))
 
     pending: list[torch.Tensor] = []  # losses of finished steps, not yet read back
 
-    def read_losses() -> None:
-        # Under DDP a collective: every rank reads back at the same steps.
+    def read_losses(done: int) -> None:
+        # Under DDP a collective: every rank reads back at the same steps. The weights' check
+        # rides on the same read-back (no extra wait per step).
         if pending:
             stacked = distributed.all_reduce_sum(torch.stack(pending).float()) if ddp else torch.stack(pending).float()
-            losses.extend(stacked.cpu().tolist())
-            bar.set_postfix(loss=f"{sum(losses[-len(pending):]) / len(pending):.4f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.0e}")
+            weights_ok = bool(model_finite(model))
+            values = stacked.cpu().tolist()
+            first = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+            if first is not None:
+                raise _NonFinite(done - len(values) + first + 1, "loss")
+            if not weights_ok:
+                raise _NonFinite(done, "weights")
+            losses.extend(values)
+            bar.set_postfix(loss=f"{sum(values) / len(values):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.0e}")
             pending.clear()
 
-    model.train()
-    batch_iter = None if by_step else iter(batches)
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress or rank != 0, desc="train")
-    step, done = start, start
+    def validate(done: int) -> None:
+        model.eval()
+        dice = validation.measure(model)
+        model.train()
+        log["curve"].append({"step": done, "dice": dice})
+        mean = float(np.nanmean(list(dice.values()))) if dice else float("nan")
+        if select_best and (log["best"] is None or mean > log["best"]["dice"]):
+            log["best"] = {"step": done, "dice": mean,
+                           "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+    bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="train")
     schedule = CheckpointSchedule(seconds=checkpoint_seconds, steps=checkpoint_every)
+    step = done = start
     rng_before, data_before = rng_state(), None  # where the current step began, for Ctrl-C
     try:
-        for step in bar:
-            rng_before = rng_state()
-            if by_step:
-                batch = batches.batch(step, rank, world)
-            else:
-                data_before = _iterator_state(batches)
-                batch = next(batch_iter)
-            loss = one_step(batch, lr_at(step, lr, lr_drop_step))
-            pending.append(loss)
-            done = step + 1
-
-            synced = len(pending) >= log_every
-            if synced:
-                read_losses()
-            if done < steps:
-                if ddp:  # rank 0's clock decides, at steps where the ranks meet anyway
-                    synced = synced or bool(checkpoint_every and done % checkpoint_every == 0)
-                    due = synced and distributed.on_main(schedule.due, done)
-                else:
-                    due = schedule.due(done)
-                if due:
-                    read_losses()
-                    data = {"step": done} if by_step else _iterator_state(batches)
-                    distributed.on_main(checkpoint, last, done, rng_state(), data)
-                    schedule.saved()
-        read_losses()
+        while done < steps:
+            batch_iter = None if by_step else iter(batches)
+            try:
+                for step in range(done, steps):
+                    rng_before = rng_state()
+                    if by_step:
+                        batch = batches.batch(step, rank, world)
+                    else:
+                        data_before = _iterator_state(batches)
+                        batch = next(batch_iter)
+                    pending.append(one_step(batch, lr_at(step, lr, lr_drop_step)))
+                    done = step + 1
+                    bar.update(1)
+                    synced = len(pending) >= log_every or done in val_steps
+                    if synced:
+                        read_losses(done)
+                    if done in val_steps:
+                        validate(done)
+                    if done < steps:
+                        if ddp:  # rank 0's clock decides, at steps where the ranks meet anyway
+                            synced = synced or bool(checkpoint_every and done % checkpoint_every == 0)
+                            due = synced and distributed.on_main(schedule.due, done)
+                        else:
+                            due = schedule.due(done)
+                        if due:
+                            read_losses(done)  # checks the weights: a checkpoint is finite
+                            data = {"step": done} if by_step else _iterator_state(batches)
+                            distributed.on_main(checkpoint, last, done, rng_state(), data)
+                            finite_state = snapshot(done, rng_state(), data)
+                            schedule.saved()
+                read_losses(done)
+            except _NonFinite as bad:
+                pending.clear()
+                if one_step.dtype is None:
+                    raise NonFiniteError(f"model {name}: non-finite {bad.what} at step {bad.step} of {steps} "
+                                         f"({one_step.precision}); no final.pt written", out_dir) from None
+                why = f"non-finite {bad.what} under {one_step.precision} autocast by step {bad.step}"
+                warnings.warn(f"model {name}: {why}; going back to step {finite_state['step']} and training in "
+                              f"float32", stacklevel=2)
+                done = restore(finite_state, None)
+                log["fallback"] = {"why": why, "step": bad.step, "resumed_at": done, "from": one_step.precision}
+                one_step._autocast_tried = True
+                one_step.use_float32(why)
+                bar.reset(total=steps)
+                bar.update(done)
     except KeyboardInterrupt:
         if ddp:
             raise  # the other ranks may be gone: no collective; the last checkpoint stands
         # A step cut short is dropped: the checkpoint holds the state it started from.
         finished = done == step + 1
-        read_losses()
+        try:
+            read_losses(done)
+        except _NonFinite:
+            raise KeyboardInterrupt from None  # the last finite checkpoint stands
         del losses[done:]  # one loss per finished step
         data = {"step": done} if by_step else (_iterator_state(batches) if finished else data_before)
         checkpoint(last, done, rng_state() if finished else rng_before, data)
@@ -302,13 +396,26 @@ def train(
         if batches is not source:
             batches.close()  # the prefetch thread of batches drawn on the device
 
+    if select_best and log["best"] is not None:
+        model.load_state_dict(log["best"]["model"])
+    learning = judge_learning(log["curve"], validation.floor if validation else {}, losses,
+                              finite=bool(model_finite(model)))
+    record = {"name": name, "steps": steps, "precision": one_step.precision, "precision_note": one_step.note,
+              "self_check": None if one_step.check is None else asdict(one_step.check),
+              "fallback": log["fallback"], "validation": log["curve"],
+              "floor": validation.floor if validation else {}, "rule": RULE,
+              "selected": {"rule": "best validation Dice", "step": log["best"]["step"]} if select_best and log["best"]
+              else {"rule": "final weights", "step": done},
+              "learning": learning.to_json()}
+
     def finish(data: dict | None) -> None:
         # final.pt last: its presence means the whole folder is written.
         checkpoint(last, done, rng_state(), data)
         with atomic_path(out_dir / "losses.csv") as tmp:
             pd.DataFrame({"step": range(len(losses)), "loss": losses,
                           "lr": [lr_at(s, lr, lr_drop_step) for s in range(len(losses))]}).to_csv(tmp, index=False)
+        atomic_write_json(out_dir / "training.json", record)
         checkpoint(final, done, rng_state(), data)
 
     distributed.on_main(finish, {"step": done} if by_step else _iterator_state(batches))
-    return TrainResult(final, losses)
+    return TrainResult(final, losses, record)

@@ -14,7 +14,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from mmlib.models.multiunet import STRIDES, Decoder, Encoder, MultiUNet, plain_conv, unet_widths
+from mmlib.models.multiunet import STRIDES, Decoder, Encoder, InstanceNorm3d, MultiUNet, plain_conv, unet_widths
 
 
 def infer_present(x: torch.Tensor) -> torch.Tensor:
@@ -36,11 +36,10 @@ class ModalityAttention(nn.Module):
 
     def __init__(self, channels: int, n_modalities: int):
         super().__init__()
-        self.score = nn.Sequential(
-            Convolution(3, n_modalities * channels, channels, kernel_size=3, adn_ordering="NA",
-                        act=("prelu", {"num_parameters": 1}), norm=("instance", {"affine": False})),
-            plain_conv(channels, n_modalities, kernel_size=1),
-        )
+        first = Convolution(3, n_modalities * channels, channels, kernel_size=3, adn_ordering="NA",
+                            act=("prelu", {"num_parameters": 1}), norm=("instance", {"affine": False}))
+        first.adn.N = InstanceNorm3d(channels, affine=False)  # statistics in float32, as in every block
+        self.score = nn.Sequential(first, plain_conv(channels, n_modalities, kernel_size=1))
 
     def forward(self, z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """z: (B, C, F, *S) with zeros for absent modalities, present: bool (B, C) -> (B, F, *S)."""

@@ -39,9 +39,23 @@ def decoder_widths(widths: Sequence[int], out_channels: int) -> tuple[tuple[int,
     return ((w4 + w3, w2), (2 * w2, w1), (2 * w1, w0), (2 * w0, out_channels))
 
 
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """InstanceNorm whose statistics are computed in float32 under autocast, its output returned
+    in the input's dtype. A crop's channel can be constant (a dropped modality, background): its
+    variance is then ~0, and a mean and variance taken in bf16 may give NaN or huge values on some
+    CPUs' kernels; in float32 they do not. No parameters: the state dict is unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float()).to(x.dtype)
+
+
 def conv_block(in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.2) -> Convolution:
-    """3x3x3 conv -> InstanceNorm (no affine) -> Dropout -> PReLU (one slope); (B, Cin, S) -> (B, Cout, S/stride)."""
-    return Convolution(
+    """3x3x3 conv -> InstanceNorm (no affine; statistics in float32) -> Dropout -> PReLU (one slope);
+    (B, Cin, S) -> (B, Cout, S/stride)."""
+    block = Convolution(
         spatial_dims=3,
         in_channels=in_channels,
         out_channels=out_channels,
@@ -53,6 +67,8 @@ def conv_block(in_channels: int, out_channels: int, stride: int = 1, dropout: fl
         dropout=dropout,
         bias=True,
     )
+    block.adn.N = InstanceNorm3d(out_channels, affine=False)
+    return block
 
 
 def plain_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> Convolution:
