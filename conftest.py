@@ -13,3 +13,5 @@ def pytest_configure(config):
     os.environ.setdefault("MMLIB_PRESET", "smoke")
     os.environ.setdefault("MMLIB_STUDY_OUT", tempfile.mkdtemp(prefix="mmlib-nbval-"))
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # The bf16 self-check's verdicts (mmlib.engine.precision) go to a folder of the run, not ~/.cache.
+    os.environ.setdefault("MMLIB_CACHE_DIR", tempfile.mkdtemp(prefix="mmlib-cache-"))

@@ -102,6 +102,14 @@ class Preset:
     min_batch: int = 1
     train_processes: int = 1
     rotate_planes: tuple[tuple[int, int], ...] = ((0, 2),)
+    # Validation during training (mmlib.engine.convergence): this share of each database's
+    # training cases (the last by name; within the bounds, leaving at least 2 to train on) is
+    # held out, and the validation Dice is taken at `val_points` evenly spaced steps.
+    val_fraction: float = 0.1
+    val_min_cases: int = 1
+    val_max_cases: int = 8
+    val_points: int = 8
+    model_selection: str = "final"  # or "best": the weights of the best validation Dice (the paper's)
 
     def with_(self, **changes) -> "Preset":
         """A copy with some fields changed (e.g. a papermill parameter overriding steps)."""
@@ -112,8 +120,14 @@ class Preset:
         and nothing else of the preset: overlap, processes or the study plan retrain nothing)."""
         keep = ("spacing_mm", "crop", "width", "steps", "epochs", "lr", "lr_drop_fraction",
                 "batch_per_database", "min_batch", "rotate_p", "rotate_planes", "lesion_crop_p",
-                "dice_batch", "amp")
+                "dice_batch", "amp", "val_fraction", "val_min_cases", "val_max_cases", "val_points",
+                "model_selection")
         return {k: getattr(self, k) for k in keep}
+
+    def validation_count(self, n_train: int) -> int:
+        """How many of `n_train` training cases are held out for validation (0: too few to spare)."""
+        want = max(self.val_min_cases, round(self.val_fraction * n_train))
+        return max(0, min(want, self.val_max_cases, n_train - 2))
 
 
 def preset_names() -> tuple[str, ...]:
@@ -134,6 +148,8 @@ def load_preset(name: str) -> Preset:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise MMLibError(f"preset {name}: unknown setting(s) {', '.join(unknown)}", _PRESETS_FILE)
+    if raw.get("model_selection", "final") not in ("final", "best"):
+        raise MMLibError(f"preset {name}: model_selection must be 'final' or 'best'", _PRESETS_FILE)
     if not 0 < float(raw["lr_drop_fraction"]) <= 1:
         raise MMLibError(f"preset {name}: lr_drop_fraction must be in (0, 1]", _PRESETS_FILE)
     return Preset(name=name, **raw)

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
+from mmlib.engine.convergence import RULE as CONVERGENCE_RULE
 from mmlib.presets import Preset
 
 #: Bump when the training code changes the weights a spec gives (its models are then retrained).
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3  # 3: validation cases held out of training, non-finite watch
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,10 @@ def _fraction(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
-def deviations(preset: Preset) -> list[Deviation]:
+def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
     """Every aspect of the training and evaluation protocol, the paper's value beside the preset's
-    (the paper's: its Methods, Appendix A and the authors' published code)."""
+    (the paper's: its Methods, Appendix A and the authors' published code). `precision`: what a
+    run's models really trained in (mmlib.experiments.learning.run_precision), where known."""
     plan = preset.study
     joint = Schedule(preset.steps, 0, batch_per_database(preset, len(TRAINING_DATABASES))) if preset.steps else None
     sd_batch = batch_per_database(preset, 1)
@@ -288,8 +290,10 @@ def deviations(preset: Preset) -> list[Deviation]:
         ("network width", "x1 (16-256 channels)", f"x{preset.width:g}"),
         ("schedule", f"600 epochs ({PAPER_STEPS:,} steps); lr x0.1 after 0.25 of them", steps),
         ("crops seen per database by one model", f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)", crops),
-        ("precision", "float32", "bf16 autocast, training and evaluation (on a CPU without bf16: float32)"
-         if preset.amp else "float32"),
+        ("precision", "float32", precision or (
+            "bf16 autocast, training and evaluation, where the network passes a bf16 self-check on the machine "
+            "(else, and on a CPU without native bf16, float32; a non-finite value under bf16 goes back to the "
+            "last finite state in float32)" if preset.amp else "float32")),
         ("rotation", "90° in plane (0, 2), p 0.1", f"90° in plane{'s' if len(preset.rotate_planes) > 1 else ''} "
                                                    f"{planes}, p {preset.rotate_p:g}"),
         ("seeds per model", "3", str(len(preset.seeds))),
@@ -297,8 +301,13 @@ def deviations(preset: Preset) -> list[Deviation]:
          "same, with the paper's counts (scaled to a twin's size)"),
         ("background outside the brain", "-mean/std (the whole volume z-scored with the brain's statistics)",
          "0 (z-scored inside the brain, zero outside)"),
+        ("validation during training", "Dice on held-out cases, to pick the checkpoint",
+         f"{preset.val_fraction:.0%} of each database's training cases held out (the last by name; "
+         f"{preset.val_min_cases} to {preset.val_max_cases}), Dice at {preset.val_points} points of training; "
+         f"{CONVERGENCE_RULE}"),
         ("model selection", "the checkpoint with the best Dice on the held-out cases",
-         "the final weights (nothing is chosen on test cases)"),
+         "the final weights (nothing is chosen on test cases)" if preset.model_selection == "final" else
+         "the weights with the best validation Dice (held-out training cases, never test cases)"),
         ("Dice loss", "per sample (MONAI default)", "per batch" if preset.dice_batch else "per sample (MONAI default)"),
         ("models trained", "all of the paper's", "; ".join(skipped) if skipped else "all of the paper's"),
     ]

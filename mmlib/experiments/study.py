@@ -32,19 +32,21 @@ import pandas as pd
 from mmlib.data.manifest import DatabaseManifest, load_manifest
 from mmlib.engine import distributed
 from mmlib.errors import MMLibError
-from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash
+from mmlib.engine.convergence import Validation
+from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash, single_test_modality
 from mmlib.presets import Preset, load_preset
 
 #: Version of the study folder's layout; folders of another version are refused, not mixed.
 LAYOUT_VERSION = 2
 #: Bump when evaluation code changes the rows it gives (evaluations are then run again).
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: rows carry the model's learning record
 
 
 @dataclass
 class Database:
-    """A prepared database: its manifest, release folder, train/test cases and the identity of each
-    set (what a model is trained on, what it is tested on: changing a test case retrains nothing)."""
+    """A prepared database: its manifest, release folder, train/test cases, the training cases held
+    out for validation during training (never test cases), and the identity of each set (what a
+    model is trained and validated on, what it is tested on: changing a test case retrains nothing)."""
 
     manifest: DatabaseManifest
     root: Path
@@ -52,6 +54,7 @@ class Database:
     test: list
     train_id: str
     test_id: str
+    val: list = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -212,8 +215,12 @@ class Study:
             cases = prepare_database(manifest, root, self.preset.spacing_mm, self.out_dir / "cache",
                                      progress=self.progress)
             train, test = ([], list(cases)) if manifest.evaluation_only else split_cases(manifest, cases)
-            self._dbs[name] = Database(manifest, root, list(train), list(test), data_identity(manifest, root, train),
-                                       data_identity(manifest, root, test))
+            # Validation cases: the last training cases by name (as the test cases are the last).
+            n_val = self.preset.validation_count(len(train))
+            train, val = list(train[:len(train) - n_val]), list(train[len(train) - n_val:])
+            self._dbs[name] = Database(manifest, root, train, list(test),
+                                       data_identity(manifest, root, train + val) + f"-v{n_val}",
+                                       data_identity(manifest, root, test), val)
 
     def data_ids(self, names) -> dict[str, str]:
         """The identity of each database's training cases (what a model's identity holds)."""
@@ -269,11 +276,39 @@ class Study:
         plan = schedule(spec, self.preset, batches.epoch_length())
         distributed.on_main(atomic_write_json, run_dir / "spec.json", asdict(spec))
         config = {"arch": spec.net, "width": self.preset.width, "dice_batch": self.preset.dice_batch,
-                  "name": spec.trained.name, "identity": run_dir.name}
+                  "name": f"{spec.trained.name} (seed {spec.seed})", "identity": run_dir.name}
         train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,
               out_dir=run_dir, config=config, channel_map=cmap.to_dict(), device=self.device,
-              amp=self.preset.amp, progress=self.progress, seed=spec.seed)
+              amp=self.preset.amp, progress=self.progress, seed=spec.seed,
+              validation=self._validation(dbs, cmap), select_best=self.preset.model_selection == "best")
         return model, cmap
+
+    def _validation(self, dbs: dict[str, Database], cmap) -> Validation | None:
+        """Validation Dice of a model during training on its databases' validation cases (all of
+        each one's modalities), and the label-free floor on the same cases."""
+        from mmlib.engine.baselines import outlier_baseline
+        from mmlib.engine.evaluate import evaluate_cases
+
+        held = {n: d.val for n, d in dbs.items() if d.val}
+        if not held:
+            return None
+        kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device, progress=False,
+                  amp=self.preset.amp)
+
+        def measure(model) -> dict[str, float]:
+            return {n: float(evaluate_cases(model, cases, cmap, **kw)["dice"].mean()) for n, cases in held.items()}
+
+        floor = {n: float(outlier_baseline(cases, single_test_modality(dbs[n].manifest.modalities))["dice"].mean())
+                 for n, cases in held.items()}
+        return Validation(measure, floor, self.preset.val_points)
+
+    def learning(self, spec: ModelSpec) -> dict:
+        """A trained model's record (training.json: precision, validation curve, whether it learnt
+        and converged); {} for a model trained before mmlib kept one."""
+        from mmlib.io import read_json
+
+        record = distributed.on_main(read_json, self.model_dir(spec) / "training.json", {})
+        return record if isinstance(record, dict) else {}
 
     # -- evaluations -----------------------------------------------------------------------------
     def evaluation_settings(self) -> str:
@@ -295,7 +330,8 @@ class Study:
         if model is None:
             model, cmap = self.train(spec)
         rows = self._run_evaluation(spec, ev, model, cmap)
-        rows = rows.assign(**spec.row_columns(), preset=self.preset.name, model_id=self.model_dir(spec).name,
+        rows = rows.assign(**spec.row_columns(), **learning_columns(self.learning(spec), ev.database),
+                           preset=self.preset.name, model_id=self.model_dir(spec).name,
                            eval_settings=self.evaluation_settings(),
                            eval_data_id=self.databases([ev.database])[ev.database].test_id)
         distributed.on_main(write_rows, rows, path)
@@ -349,7 +385,7 @@ class Study:
         frames = []
         current_settings = self.evaluation_settings()
         for model_dir in sorted(folder.glob("*")) if folder.is_dir() else []:
-            if not self._is_current(model_dir.name):
+            if not self.is_current_model(model_dir.name):
                 continue
             for path in sorted(model_dir.glob("*.csv")):
                 rows = _read_rows(path)
@@ -361,7 +397,7 @@ class Study:
                 frames.append(rows)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def _is_current(self, folder: str) -> bool:
+    def is_current_model(self, folder: str) -> bool:
         if folder.startswith("rule-"):
             return True  # baselines: their data identity is checked per file
         spec_file = self.models_dir / folder / "spec.json"
@@ -372,6 +408,25 @@ class Study:
         except (OSError, ValueError, TypeError) as exc:
             raise MMLibError(f"unreadable model description ({exc})", spec_file) from None
         return self.model_dir(spec).name == folder
+
+
+def learning_columns(record: dict, database: str) -> dict:
+    """The columns a model's result rows on `database` carry from its training record: whether it
+    learnt that database (above the label-free floor on its validation cases; for a database it
+    never trained on: learnt as a whole), converged ('' where unknown), that validation Dice and
+    floor, and the precision it trained in."""
+    learning = record.get("learning") or {}
+    own = (learning.get("databases") or {}).get(database)
+
+    def flag(value) -> object:
+        return "" if value is None else bool(value)
+
+    if own is not None:
+        learnt, dice, floor = own["learnt"], own["dice"], own["floor"]
+    else:
+        learnt, dice, floor = learning.get("learnt"), learning.get("final_dice"), None
+    return {"learnt": flag(learnt), "converged": flag(learning.get("converged")), "val_dice": dice,
+            "val_floor": floor, "train_precision": record.get("precision", "")}
 
 
 def _has_channel(cmap, modality: str) -> bool:
@@ -444,7 +499,8 @@ def _read_rows(path: Path) -> pd.DataFrame:
     except (OSError, ValueError) as exc:
         raise MMLibError(f"unreadable result rows ({exc}); delete the file to evaluate again", path) from None
     text = [c for c in rows.columns if not pd.api.types.is_numeric_dtype(rows[c]) or rows[c].isna().all()]
-    text = [c for c in text if c not in ("dice", "sensitivity", "precision", "assd", "n_train_cases")]
+    text = [c for c in text if c not in ("dice", "sensitivity", "precision", "assd", "n_train_cases", "val_dice",
+                                         "val_floor")]
     return rows.astype({c: object for c in text}).fillna({c: "" for c in text})
 
 
@@ -464,4 +520,4 @@ def save_results(df: pd.DataFrame, out_dir: Path, name: str) -> Path:
 
 
 __all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "as_preset", "data_identity",
-           "eval_channel_map", "save_results", "spec_from_dict"]
+           "eval_channel_map", "learning_columns", "save_results", "spec_from_dict"]
