@@ -112,3 +112,27 @@ def plot_subset_heatmap(results: pd.DataFrame, metric: str = "dice", by: str = "
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_learning_curves(curves: pd.DataFrame, columns: int = 4):
+    """Validation Dice (held-out training cases) against the share of training, one panel per
+    model, one line per database: a curve still rising at the right edge had not converged."""
+    models = list(dict.fromkeys(curves["model"]))
+    rows = max(1, -(-len(models) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharey=True)
+    for ax, model in zip(axes.flat, models):
+        for db, part in curves[curves["model"] == model].groupby("database", sort=False):
+            ax.plot(part["share"], part["dice"], marker=".", label=db)
+        ax.axvspan(0.75, 1.0, color="0.92", zorder=0)  # the last quarter the convergence rule reads
+        ax.set_title(model, fontsize=8)
+        ax.set_xlim(0, 1.02)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("share of training")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation Dice")
+    fig.tight_layout()
+    return fig
+

@@ -10,9 +10,14 @@ test cases resampled within each database and seeds resampled, the same draws fo
 - holds: the whole 95% interval lies on the claimed side of the threshold;
 - does not hold: the whole interval lies on the other side (or on the threshold);
 - inconclusive: the interval straddles the threshold;
-- untested: a cell it needs was not run.
+- untested: a cell it needs was not run, or a model it compares did not learn.
 
-A finding holds only when every clause holds. The paper's own numbers go through the same
+Preconditions: every model a clause compares must have finite weights (a model that diverged is
+never evaluated) and must have learnt what the clause reads: its validation Dice on the database
+above the label-free floor on the same cases (mmlib.engine.convergence; for a database it never
+trained on, its mean over its own databases). Where one did not, the clause is untested, with the
+reason. Where one had not converged (its validation Dice still rising at the end), the clause
+keeps its verdict and says so. A finding holds only when every clause holds. The paper's own numbers go through the same
 clauses as point values (it publishes no per-case results), as a check of the reading.
 """
 
@@ -194,13 +199,88 @@ class Judgement:
     missing: list[str]
     seeds: int = 0
     cases: int = 0
+    not_learnt: list[str] = field(default_factory=list)  # failed preconditions: untested
+    not_converged: list[str] = field(default_factory=list)  # models still improving: said, verdict kept
+    unknown: list[str] = field(default_factory=list)  # models without a learning record
 
     def to_json(self) -> dict:
         c = self.clause
         return {"clause": c.key, "words": c.words, "effect": c.effect, "side": c.side, "threshold": c.threshold,
                 "why": c.why, "value": _num(self.effect), "ci95": [_num(self.low), _num(self.high)],
                 "verdict": self.verdict, "groups": f"{self.groups_measured} of {len(c.groups)}",
-                "missing": self.missing, "seeds": self.seeds, "cases": self.cases}
+                "missing": self.missing, "seeds": self.seeds, "cases": self.cases,
+                "not_learnt": self.not_learnt, "not_converged": self.not_converged,
+                "learning_unknown": self.unknown}
+
+    def notes(self) -> str:
+        """The preconditions that failed, and the models that had not converged, in words."""
+        out = []
+        if self.not_learnt:
+            out.append("untested: did not learn: " + "; ".join(self.not_learnt))
+        if self.not_converged:
+            out.append("not converged: " + ", ".join(self.not_converged))
+        if self.unknown:
+            out.append("convergence not recorded: " + ", ".join(self.unknown))
+        return "; ".join(out)
+
+
+# -- did the compared models learn? ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelState:
+    """What the rows say of one model on one database: learnt (None: not recorded), converged."""
+
+    learnt: bool | None
+    converged: bool | None
+    why: str
+
+
+def _flag(value) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().lower()
+    return True if text in ("true", "1") else False if text in ("false", "0") else None
+
+
+def model_states(df: pd.DataFrame) -> dict[tuple[str, str], ModelState]:
+    """Per (model_id, database) of tidy rows: whether the model learnt what its rows there need and
+    whether it converged, from the learning columns its rows carry (mmlib.experiments.study).
+    Rows without them (runs made before mmlib recorded learning) count as not learnt where the
+    model predicts no lesion at all (Dice 0 on every row), else as not recorded."""
+    if df.empty or "model_id" not in df:
+        return {}
+    rows = df[~df["model_id"].astype(str).str.startswith("rule-") & (df["training"] != "rule")]
+    silent = rows.groupby("model_id")["dice"].apply(lambda d: bool((d.fillna(0) == 0).all()))
+    cols = [c for c in ("learnt", "converged", "val_dice", "val_floor") if c in rows]
+    first = rows.groupby(["model_id", "database"], sort=False)[cols].first() if cols else None
+    states = {}
+    for model, db in rows.groupby(["model_id", "database"], sort=False).groups:
+        rec = first.loc[(model, db)] if first is not None else {}
+        learnt, converged = _flag(rec.get("learnt")), _flag(rec.get("converged"))
+        if learnt is None and silent.get(model, False):
+            learnt, why = False, "predicts no lesion on any test case"
+        elif learnt is False:
+            dice, floor = rec.get("val_dice"), rec.get("val_floor")
+            why = (f"validation Dice {float(dice):.3f} not above the label-free floor "
+                   f"{float(floor):.3f}" if _finite(dice) and _finite(floor) else
+                   "validation Dice not above the label-free floor")
+        else:
+            why = ""
+        states[(str(model), str(db))] = ModelState(learnt, converged, why)
+    return states
+
+
+def _finite(x) -> bool:
+    try:
+        return bool(np.isfinite(float(x)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_label(df: pd.DataFrame, model_id: str) -> str:
+    names = df.loc[df["model_id"] == model_id, "model"] if "model_id" in df else pd.Series(dtype=object)
+    return str(names.iloc[0]) if len(names) else model_id
 
 
 def _num(x) -> float | None:
@@ -256,8 +336,11 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
-def judge(clause: Clause, results: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP) -> Judgement:
-    """Measure `clause` on tidy `results`, with its 95% bootstrap interval and verdict."""
+def judge(clause: Clause, results: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP,
+          states: dict[tuple[str, str], ModelState] | None = None) -> Judgement:
+    """Measure `clause` on tidy `results`, with its 95% bootstrap interval and verdict; untested
+    where a model it compares did not learn (`states`: model_states(results), computed if None)."""
+    states = model_states(results) if states is None else states
     measured, missing = [], []
     for name, parts in clause.groups:
         found = [(w, T.cell_terms(t, r, c, results)) for w, (t, r, c) in parts]
@@ -268,12 +351,26 @@ def judge(clause: Clause, results: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP)
             measured.append(found)
     if not measured:
         return Judgement(clause, None, None, None, "untested", 0, missing)
+    compared = sorted({(m, t.database) for g in measured for _, ts in g for t in ts for m in t.models})
+    not_learnt, not_converged, unknown = [], [], []
+    for model, db in compared:
+        state = states.get((model, db))
+        if state is None:
+            continue
+        label = _model_label(results, model)
+        if state.learnt is False:
+            not_learnt.append(f"{label} on {db} ({state.why})")
+        if state.converged is False and label not in not_converged:
+            not_converged.append(label)
+        if state.converged is None and label not in unknown:
+            unknown.append(label)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     point, reps, n_seeds, n_cases = _bootstrap(measured, rng, n_bootstrap)
     reps = reps[np.isfinite(reps)]
     low, high = (np.percentile(reps, [2.5, 97.5]) if reps.size else (point, point))
-    word = "untested" if missing else verdict(clause.side, clause.threshold, float(low), float(high))
-    return Judgement(clause, float(point), float(low), float(high), word, len(measured), missing, n_seeds, n_cases)
+    word = "untested" if missing or not_learnt else verdict(clause.side, clause.threshold, float(low), float(high))
+    return Judgement(clause, float(point), float(low), float(high), word, len(measured), missing, n_seeds, n_cases,
+                     not_learnt, not_converged, unknown)
 
 
 def judge_paper(clause: Clause) -> Judgement:
@@ -304,10 +401,10 @@ def evaluate_findings(results: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP) -> 
     """Every finding judged on tidy `results`: {F: {finding, verdict, clauses: [Judgement], paper: [...]}}."""
     df = T.tidy_results(results) if not results.empty else T.tidy_results(
         pd.DataFrame(columns=["database", "case_id", "subset", "seed", "dice"]))
-    out = {}
+    out, states = {}, model_states(df)
     for name in FINDINGS:
         clauses = [c for c in CLAUSES if c.finding == name]
-        ours = [judge(c, df, n_bootstrap) for c in clauses]
+        ours = [judge(c, df, n_bootstrap, states) for c in clauses]
         paper = [judge_paper(c) for c in clauses]
         out[name] = {"finding": paper_finding(name), "verdict": finding_verdict(ours), "clauses": ours,
                      "paper_verdict": finding_verdict(paper), "paper": paper}
@@ -348,7 +445,8 @@ def clauses_frame(findings: dict[str, dict[str, Any]]) -> pd.DataFrame:
             extra = f" (over {ours.groups_measured} of {len(c.groups)})" if ours.missing and ours.groups_measured else ""
             rows.append({"finding": name, "clause": c.key, "effect": _fmt(ours.effect) + extra, "95% CI": ci,
                          "claim": f"{c.side} {c.threshold:g}", "verdict": ours.verdict,
-                         "paper": _fmt(paper.effect), "paper verdict": paper.verdict})
+                         "models": ours.notes() or "learnt", "paper": _fmt(paper.effect),
+                         "paper verdict": paper.verdict})
     return pd.DataFrame(rows)
 
 
@@ -366,6 +464,8 @@ def findings_markdown(findings: dict[str, dict[str, Any]]) -> str:
             if ours.missing:
                 shown = ", ".join(ours.missing[:3]) + (" …" if len(ours.missing) > 3 else "")
                 note = f" (measured on {ours.groups_measured} of {len(c.groups)}; not run: {shown})"
+            if ours.notes():
+                note += f" ({ours.notes()})"
             lines.append(f"| {c.key} | {c.words} | {c.effect}: {_fmt(ours.effect)} | {ci} | {c.side} {c.threshold:g} | "
                          f"{ours.verdict}{note} | {_fmt(paper.effect)} | {c.why} |".replace("\n", " "))
         lines.append("")
@@ -379,6 +479,7 @@ def clauses_markdown() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FINDINGS", "CLAUSES", "Clause", "Judgement", "N_BOOTSTRAP", "verdict", "judge", "judge_paper",
+__all__ = ["FINDINGS", "CLAUSES", "Clause", "Judgement", "ModelState", "N_BOOTSTRAP", "model_states", "verdict",
+           "judge", "judge_paper",
            "finding_verdict", "evaluate_findings", "findings_json", "write_findings", "clauses_frame",
            "findings_markdown", "clauses_markdown"]

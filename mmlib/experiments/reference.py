@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmlib.errors import MMLibError
@@ -38,6 +39,15 @@ class ReferenceRun:
         from mmlib.experiments.study import _read_rows
 
         return _read_rows(self.folder / "results.csv.gz")
+
+    @cached_property
+    def records(self) -> list[dict]:
+        """The models' training records (learning.json; [] for a run made before mmlib kept them)."""
+        path = self.folder / "learning.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else []
+        except (OSError, ValueError) as exc:
+            raise MMLibError(f"unreadable training records ({exc})", path) from None
 
     def label(self) -> str:
         p = self.provenance
@@ -63,6 +73,39 @@ def reference_results(preset_name: str | None = None, folder: Path = REFERENCE_D
     """{name: result rows} of the reference runs (of one preset when given)."""
     return {name: run.results for name, run in reference_runs(folder).items()
             if preset_name is None or run.provenance["preset"] == preset_name}
+
+
+def _case_interval(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of per-case values (fixed seed: a stable reading)."""
+    draws = np.random.default_rng(seed).integers(0, len(values), size=(n, len(values)))
+    low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def agreement(results: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Per model (name and seed) and database that both runs evaluated with all modalities: our
+    mean Dice, the reference's with its 95% interval over its test cases, and whether ours lies in it."""
+    from mmlib.experiments.tables import tidy_results
+
+    if results.empty or reference.empty:
+        return pd.DataFrame()
+    ours, ref = (tidy_results(r) for r in (results, reference))
+    keys = ["model", "seed", "database"]
+    ours, ref = (r[r["all_modalities"] & (r["training"] != "rule")] for r in (ours, ref))
+    mine = ours.groupby(keys)["dice"].mean()
+    rows = []
+    for key, part in ref.groupby(keys):
+        if key not in mine.index:
+            continue
+        cases = part.groupby("case_id")["dice"].mean().dropna().to_numpy()
+        if not len(cases):
+            continue
+        low, high = _case_interval(cases)
+        model, seed, db = key
+        rows.append({"model": f"{model} (seed {seed})", "database": db, "this run": mine[key],
+                     "reference": float(cases.mean()), "95% interval": f"[{low:.3f}, {high:.3f}]",
+                     "agrees": bool(low - 1e-9 <= mine[key] <= high + 1e-9)})
+    return pd.DataFrame(rows)
 
 
 def describe_device() -> str:
@@ -103,9 +146,12 @@ def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DI
     from mmlib.experiments.findings import evaluate_findings, findings_json
     from mmlib.experiments.report import study_report
 
+    from mmlib.experiments.learning import model_records
+
     results = study.results()
     if results.empty:
         raise MMLibError("the study has no results to keep as a reference", study.out_dir)
+    records = model_records(study)
     info = {"preset": study.preset.name, "commit": current_commit(), "device": describe_device(),
             "wall_time": wall_time, "date": pd.Timestamp.now().strftime("%Y-%m-%d"), **provenance}
     timings = Path(study.out_dir) / "timings.json"
@@ -117,8 +163,9 @@ def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DI
     results.to_csv(tmp / "results.csv.gz", index=False)
     (tmp / "findings.json").write_text(json.dumps(findings_json(evaluate_findings(results)), indent=2))
     (tmp / "provenance.json").write_text(json.dumps(info, indent=2))
+    (tmp / "learning.json").write_text(json.dumps(records, indent=1))
     (tmp / "report.md").write_text(study_report(study.out_dir, study.preset, results,
-                                                title=f"Reference run {name}", provenance=info))
+                                                title=f"Reference run {name}", provenance=info, records=records))
     final = Path(folder) / name
     if final.exists():
         shutil.rmtree(final)
@@ -126,5 +173,5 @@ def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DI
     return final
 
 
-__all__ = ["REFERENCE_DIR", "ReferenceRun", "reference_runs", "reference_results", "describe_device",
+__all__ = ["REFERENCE_DIR", "ReferenceRun", "reference_runs", "reference_results", "agreement", "describe_device",
            "current_commit", "save_reference"]

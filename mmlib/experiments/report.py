@@ -31,11 +31,46 @@ def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
     return "\n".join(lines)
 
 
-def deviations_table(preset: Preset) -> str:
-    """The preset's protocol beside the paper's, one aspect a row."""
+def deviations_table(preset: Preset, precision: str | None = None) -> str:
+    """The preset's protocol beside the paper's, one aspect a row (`precision`: the run's own)."""
     rows = pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({preset.name})": d.ours,
-                          "differs": "yes" if d.differs else ""} for d in deviations(preset)]).set_index("aspect")
+                          "differs": "yes" if d.differs else ""} for d in deviations(preset, precision)]
+                        ).set_index("aspect")
     return markdown_table(rows)
+
+
+def learning_section(records: list[dict], figure: str | None = None) -> list[str]:
+    """'Did each model learn?': the rule's verdict per model, and the validation curves' figure."""
+    from mmlib.experiments.learning import learning_frame, learning_summary
+
+    lines = ["## Did each model learn?", "", learning_summary(records), ""]
+    if records:
+        lines += [markdown_table(learning_frame(records)), ""]
+    if figure:
+        lines += [f"![validation Dice during training, per model]({figure})", ""]
+    return lines
+
+
+def agreement_section(results: pd.DataFrame, references: dict | None) -> list[str]:
+    """Whether this run agrees with each shipped reference run of its preset: every model's
+    all-modality Dice per database against the reference's 95% interval over its test cases."""
+    from mmlib.experiments.reference import agreement
+
+    lines = []
+    for name, run in (references or {}).items():
+        table = agreement(results, run.results)
+        if table.empty:
+            continue
+        per_model = table.groupby("model")["agrees"].all()
+        differs = int((~per_model).sum())
+        lines += [f"## This run beside reference run `{name}`", "",
+                  (f"**Your run differs from the reference on {differs} of {len(per_model)} models** (a model "
+                   f"differs where its Dice on a database lies outside the reference's 95% interval over test "
+                   f"cases)." if differs else
+                   f"Your run agrees with the reference on all {len(per_model)} models it shares with it (every "
+                   f"Dice within the reference's 95% interval over test cases)."), "",
+                  markdown_table(table.set_index(["model", "database"])), ""]
+    return lines
 
 
 def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, pd.DataFrame] | None = None
@@ -79,14 +114,22 @@ def references_section(references) -> list[str]:
 
 
 def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, title: str | None = None,
-                 provenance: dict | None = None, references: dict | None = None) -> str:
+                 provenance: dict | None = None, references: dict | None = None, records: list[dict] | None = None,
+                 curves_figure: str | None = None) -> str:
     """The report's Markdown for the results of a study folder (tables it cannot fill say so), with
-    the reference runs (`ReferenceRun` by name) beside it."""
+    the reference runs (`ReferenceRun` by name) beside it; `records`: the models' training records
+    (did each learn?), `curves_figure`: the learning curves' image, relative to the report."""
+    from mmlib.experiments.learning import run_precision
+
     out_dir = Path(out_dir)
+    records = records or []
     lines = [f"# {title or f'Study report: preset {preset.name}'}", ""]
     if provenance:
         lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items() if not isinstance(v, dict)), ""]
-    lines += ["## Protocol: ours beside the paper's", "", deviations_table(preset), ""]
+    lines += ["## Protocol: ours beside the paper's", "", deviations_table(preset, run_precision(records)), ""]
+    lines += learning_section(records, curves_figure)
+    same = {n: r for n, r in (references or {}).items() if r.provenance.get("preset") == preset.name}
+    lines += agreement_section(results, same)
     timings = out_dir / "timings.json"
     if timings.is_file():
         secs = json.loads(timings.read_text())
@@ -103,11 +146,28 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
 
 
 def write_report(study, provenance: dict | None = None) -> Path:
-    """Write <study folder>/report.md atomically from the study's current results, the shipped
-    reference runs beside them."""
+    """Write <study folder>/report.md atomically from the study's current results and its models'
+    training records (learning curves in figures/learning_curves.png), the shipped reference runs
+    beside them."""
+    from mmlib.experiments.learning import curves_frame, model_records
     from mmlib.experiments.reference import reference_runs
+    from mmlib.io import atomic_path, atomic_write_text
 
-    from mmlib.io import atomic_write_text
+    records = model_records(study)
+    figure = None
+    curves = curves_frame(records)
+    if not curves.empty:
+        import matplotlib.pyplot as plt
 
+        from mmlib.viz import plot_learning_curves
+
+        fig = plot_learning_curves(curves)
+        path = Path(study.out_dir) / "figures" / "learning_curves.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+        plt.close(fig)
+        figure = "figures/learning_curves.png"
     return atomic_write_text(Path(study.out_dir) / "report.md", study_report(
-        study.out_dir, study.preset, study.results(), provenance=provenance, references=reference_runs()))
+        study.out_dir, study.preset, study.results(), provenance=provenance, references=reference_runs(),
+        records=records, curves_figure=figure))

@@ -131,6 +131,7 @@ class Term:
     weight: float
     database: str
     values: pd.Series
+    models: tuple[str, ...] = ()  # the model_id of every row it averages (the findings' preconditions)
 
     def value(self) -> float:
         return float(self.values.groupby(level="seed").mean().mean())
@@ -148,10 +149,15 @@ def per_case(rows: pd.DataFrame, metric: str = "dice") -> pd.Series:
     return rows.groupby(["seed", "case_id"])[metric].mean()
 
 
+def model_ids(rows: pd.DataFrame) -> tuple[str, ...]:
+    """The models behind some rows (their model_id; none for rows that do not say)."""
+    return tuple(sorted(set(rows["model_id"].astype(str)) - {""})) if "model_id" in rows else ()
+
+
 def _term(df: pd.DataFrame, where: dict[str, Any], metric: str, weight: float = 1.0) -> list[Term]:
     sel = select(df, where)
     values = per_case(sel, metric)
-    return [Term(weight, str(where.get("database", "")), values)] if len(values) else []
+    return [Term(weight, str(where.get("database", "")), values, model_ids(sel))] if len(values) else []
 
 
 def combine(terms: list[Term] | None) -> tuple[float, int]:
@@ -193,7 +199,7 @@ def _table2_terms(df: pd.DataFrame, row: str, col: tuple[str, str]) -> list[Term
         rows = select(df, dict(arch=arch, training="SD", own=True, labels="all", drop=drop, database=db))
         values = per_case(rows[rows["all_modalities"]]) if metric == "dice" else _change_per_case(rows)
         if len(values):
-            terms.append(Term(1.0, db, values))
+            terms.append(Term(1.0, db, values, model_ids(rows)))
     for t in terms:
         t.weight = 1.0 / len(terms)
     return terms
@@ -206,7 +212,7 @@ def _table3_terms(df: pd.DataFrame, row: str, col: str, metric: str = "dice") ->
         parts = [_table3_terms(df, row, db, metric) for db in _table3_databases()]
         if not all(parts):
             return []  # as the paper's Avg: only over all five databases
-        return [Term(1.0 / len(parts), t.database, t.values) for p in parts for t in p]
+        return [Term(1.0 / len(parts), t.database, t.values, t.models) for p in parts for t in p]
     return _term(df, dict(TABLE3_ROWS[row], database=col, all_modalities=True), metric)
 
 
