@@ -212,7 +212,7 @@ def mmlib_loop(sets, cmap: ChannelMap, crop: int, per_db: int, width: float, dev
             batch = source.batch(s)
             wait += time.perf_counter() - t1
             losses.append(step(batch, 1e-3))
-    torch.stack(losses).tolist()
+    values = torch.stack(losses).tolist()
     sync(device)
     total = time.perf_counter() - t0
     # The batch's own device time, alone: on a GPU its kernels queue behind the step's.
@@ -226,7 +226,8 @@ def mmlib_loop(sets, cmap: ChannelMap, crop: int, per_db: int, width: float, dev
     per_step = total / steps
     return {"s_per_step": per_step, "loader_wait_share": max(wait / total, alone / per_step),
             "loader_host_wait_share": wait / total, "loader_alone_s": alone, "peak_gib": peak_gib(device),
-            "samples_per_step": batches.global_batch, "warmup_s": warm_s, "syncs_per_step": len(syncs) / steps}
+            "samples_per_step": batches.global_batch, "warmup_s": warm_s, "syncs_per_step": len(syncs) / steps,
+            "precision": step.precision, "finite": all(np.isfinite(values))}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -288,16 +289,17 @@ def step_variants(cmap_len: int, width: float, crop: int, batch: int, device, co
         t0 = time.perf_counter()
         step(batch_, 1e-3), step(batch_, 1e-3)  # warm-up: kernel choice, compilation
         sync(device)
-        runs.append({"precision": name, "channels_last": cl, "compiled": comp,
-                     "warmup_s": time.perf_counter() - t0, "times": [], "step": step})
+        runs.append({"precision": name, "used": step.precision, "channels_last": cl, "compiled": comp,
+                     "warmup_s": time.perf_counter() - t0, "times": [], "step": step, "finite": True})
     for _ in range(rounds):
         for r in runs:
             sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
-                r["step"](batch_, 1e-3)
+                loss = r["step"](batch_, 1e-3)
             sync(device)
             r["times"].append((time.perf_counter() - t0) / steps)
+            r["finite"] = r["finite"] and bool(torch.isfinite(loss))
     out = []
     for r in runs:
         r.pop("step")
@@ -344,8 +346,10 @@ def main() -> None:
         mem = f"{r['peak_gib']:6.2f}" if r.get("peak_gib") is not None else "   n/a"
         syncs = f"{r['syncs_per_step']:5.1f}" if "syncs_per_step" in r and device.type == "cuda" else "  n/a"
         r.update(samples_per_s=sps, peak_share=(sps * flops / (peak * 1e12)) if peak else None)
+        # A loop is what it computed: its precision after the self-check, and whether its losses were finite.
+        ran = f"{r.get('precision', 'float32')}{'' if r.get('finite', True) else ', NON-FINITE'}"
         print(f"{label:38s} {r['s_per_step']:8.3f} {sps:9.2f} {share:>7s} {100 * r['loader_wait_share']:8.1f}% "
-              f"{mem:>8s} {syncs:>6s}")
+              f"{mem:>8s} {syncs:>6s}  {ran}")
 
     with tempfile.TemporaryDirectory() as tmp:
         if not {"reference", "train"} <= set(args.skip):
@@ -380,7 +384,8 @@ def main() -> None:
                 row(label, train_rows[key])
             if train_rows:
                 if "reference" in train_rows and len(train_rows) > 1:
-                    best = min((r for k, r in train_rows.items() if k != "reference"), key=lambda r: r["s_per_step"])
+                    best = min((r for k, r in train_rows.items() if k != "reference" and r.get("finite", True)),
+                           key=lambda r: r["s_per_step"])
                     report["speedup_best_vs_reference"] = train_rows["reference"]["s_per_step"] / best["s_per_step"]
                     print(f"best mmlib loop vs reference-style: x{report['speedup_best_vs_reference']:.1f}")
             report["training"] = train_rows
@@ -408,7 +413,8 @@ def main() -> None:
         for r in variants:
             print(f"  {r['precision']} {'channels-last' if r['channels_last'] else 'contiguous   '} "
                   f"{'compiled' if r['compiled'] else '        '} {r['s_per_step']:7.3f} s/step  "
-                  f"x{base / r['s_per_step']:5.2f} vs fp32 contiguous  (warm-up {r['warmup_s']:.1f} s)")
+                  f"x{base / r['s_per_step']:5.2f} vs fp32 contiguous  (warm-up {r['warmup_s']:.1f} s; ran in "
+                  f"{r['used']}{'' if r['finite'] else ', NON-FINITE loss'})")
 
     report["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     report["cpu_count"] = os.cpu_count()

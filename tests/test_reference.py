@@ -21,12 +21,14 @@ F4 = next(c for c in CLAUSES if c.key == "F4 better than the tumour-only model (
 
 def fake_study(tmp_path, effect):
     results = rows_for_cells(cells_at(F4, effect))
-    return SimpleNamespace(results=lambda: results, out_dir=tmp_path, preset=load_preset("quick"))
+    return SimpleNamespace(results=lambda: results, out_dir=tmp_path, preset=load_preset("quick"),
+                           models_dir=tmp_path / "models", is_current_model=lambda name: True)
 
 
 def test_a_reference_run_keeps_rows_findings_report_and_provenance(tmp_path):
     folder = save_reference(fake_study(tmp_path, 0.05), "long-cpu", "91 min", folder=tmp_path / "ref")
-    assert sorted(p.name for p in folder.iterdir()) == ["findings.json", "provenance.json", "report.md", "results.csv.gz"]
+    assert sorted(p.name for p in folder.iterdir()) == ["findings.json", "learning.json", "provenance.json", "report.md",
+                                                          "results.csv.gz"]
     run = reference_runs(tmp_path / "ref")["long-cpu"]
     assert run.provenance["preset"] == "quick" and run.provenance["wall_time"] == "91 min"
     assert {"commit", "device", "date"} <= set(run.provenance)

@@ -134,14 +134,19 @@ class LocalExecutor:
             futures = {pool.submit(_run_job, state, j): j for j in order}
             bar = tqdm(as_completed(futures), total=len(futures), disable=not study.progress,
                        desc=f"{len(order)} models in {n} processes", unit="model")
+            failed = []  # the wave finishes: every other model is kept, every failure named
             for future in bar:
                 problem = future.result()
                 if problem:
-                    for other in futures:
-                        other.cancel()
-                    job = futures[future]
-                    raise MMLibError(f"model {job.spec.name} (seed {job.spec.seed}) failed: {problem}",
-                                     study.model_dir(job.spec))
+                    failed.append((futures[future], problem))
+        if len(failed) == 1:
+            job, problem = failed[0]
+            raise MMLibError(f"model {job.spec.name} (seed {job.spec.seed}) failed: {problem}", study.model_dir(job.spec))
+        if failed:
+            told = "; ".join(f"model {j.spec.name} (seed {j.spec.seed}, folder {study.model_dir(j.spec)}) failed: {p}"
+                             for j, p in failed)
+            raise MMLibError(f"{len(failed)} of {len(order)} models failed (the others are kept; a re-run trains "
+                             f"the failed ones again): {told}")
 
 
 # -- Slurm through submitit --------------------------------------------------------------------------

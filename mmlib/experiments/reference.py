@@ -83,14 +83,17 @@ def _case_interval(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[fl
 
 
 def agreement(results: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """Per model (name and seed) and database that both runs evaluated with all modalities: our
-    mean Dice, the reference's with its 95% interval over its test cases, and whether ours lies in it."""
+    """Per model (name and seed) and database that both runs evaluated with all modalities on the
+    same test data (eval_data_id, where both rows carry it): our mean Dice, the reference's with its
+    95% interval over its test cases, and whether ours lies in it."""
     from mmlib.experiments.tables import tidy_results
 
     if results.empty or reference.empty:
         return pd.DataFrame()
     ours, ref = (tidy_results(r) for r in (results, reference))
     keys = ["model", "seed", "database"]
+    if "eval_data_id" in ours and "eval_data_id" in ref:  # twins of another version are other data
+        keys.append("eval_data_id")
     ours, ref = (r[r["all_modalities"] & (r["training"] != "rule")] for r in (ours, ref))
     mine = ours.groupby(keys)["dice"].mean()
     rows = []
@@ -101,7 +104,7 @@ def agreement(results: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
         if not len(cases):
             continue
         low, high = _case_interval(cases)
-        model, seed, db = key
+        model, seed, db = key[:3]
         rows.append({"model": f"{model} (seed {seed})", "database": db, "this run": mine[key],
                      "reference": float(cases.mean()), "95% interval": f"[{low:.3f}, {high:.3f}]",
                      "agrees": bool(low - 1e-9 <= mine[key] <= high + 1e-9)})

@@ -164,10 +164,11 @@ class ResultsExplorer:
     spread over seeds for one database beside the paper's number, and any of the paper's tables
     that the rows fill, ours beside the shipped reference runs' and the paper's. `references`
     (default: every reference run shipped) can also be explored in place of the run (`source`),
-    always labelled as reference."""
+    always labelled as reference. `records`: the run's training records (mmlib.experiments.learning):
+    then it also shows whether each model learnt, and one model's validation curve."""
 
     def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI,
-                 references: dict[str, pd.DataFrame] | None = None):
+                 references: dict[str, pd.DataFrame] | None = None, records: list[dict] | None = None):
         from mmlib.experiments.reference import reference_results
         from mmlib.experiments.tables import tidy_results
 
@@ -201,11 +202,21 @@ class ResultsExplorer:
         self.bars = W.Image(format="png")
         self.table_html = W.HTML()
         self.heatmap = W.Image(format="png")
+        self.records = list(records or [])
+        self.learning = pd.DataFrame()
+        self.curve_figure: Figure | None = None
+        self.curve_model = W.Dropdown(options=[r.get("name") or r["model_id"] for r in self.records],
+                                      description="model")
+        self.curve = W.Image(format="png")
+        self.learning_html = W.HTML()
+        learning = [W.HTML("<b>Did each model learn?</b>"), self.learning_html,
+                    self.curve_model, self.curve] if self.records else []
         self.widget = W.VBox([
             W.HBox([self.source, self.database, self.arch, self.setting, self.metric]),
             # flex-start: a stretched row would distort the shorter of the two pictures.
             W.HBox([self.heatmap, self.bars], layout=W.Layout(align_items="flex-start")),
-            self.table_choice, self.table_html])
+            self.table_choice, self.table_html, *learning])
+        self.curve_model.observe(lambda _: self.render_learning(), "value")
         self.widget.add_class("mmlib-results-explorer")
         for w in (self.database, self.arch, self.setting, self.metric):
             w.observe(lambda _: self.render(), "value")
@@ -213,6 +224,26 @@ class ResultsExplorer:
         self.table_choice.observe(lambda _: self.render_table(), "value")
         self.render()
         self.render_table()
+        self.render_learning()
+
+    def render_learning(self) -> None:
+        """The 'did each model learn?' table and the chosen model's validation curve."""
+        if not self.records:
+            return
+        from mmlib.experiments.learning import curves_frame, learning_frame, learning_summary
+        from mmlib.viz import plot_learning_curves
+
+        self.learning = learning_frame(self.records)
+        self.learning_html.value = f"<p>{learning_summary(self.records)}</p>" + _style_table(self.learning)
+        curves = curves_frame(self.records)
+        curves = curves[curves["model"] == self.curve_model.value]
+        if curves.empty:
+            return
+        import matplotlib.pyplot as plt
+
+        self.curve_figure = plot_learning_curves(curves, columns=1)
+        self.curve.value = figure_png(self.curve_figure, self.dpi)
+        plt.close(self.curve_figure)
 
     @property
     def figure(self) -> Figure | None:

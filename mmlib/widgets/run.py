@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class OpenedRun:
     roi: int
     overlap: float
     model_dir: Path
+    records: list = field(default_factory=list)  # the models' training records (did each learn?)
 
 
 def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path | None = None, device: str = "cpu",
@@ -32,6 +33,7 @@ def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path |
     model gets it from `mmlib joint`'s pipeline, the model notebook 02 would train."""
     from mmlib.data.manifest import TRAINING_DATABASES
     from mmlib.experiments.joint import run_joint
+    from mmlib.experiments.learning import model_records
     from mmlib.experiments.protocol import joint_spec
     from mmlib.experiments.study import Study
     from mmlib.widgets.results_explorer import load_results
@@ -44,4 +46,4 @@ def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path |
     model, cmap = study.train(spec)
     cases = [c for db in study.databases(TRAINING_DATABASES).values() for c in db.test]
     return OpenedRun(load_results(study), model, cmap, cases, study.preset.crop, study.preset.sw_overlap,
-                     study.model_dir(spec))
+                     study.model_dir(spec), model_records(study))
