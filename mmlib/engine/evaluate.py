@@ -49,6 +49,23 @@ def predict_subsets(
     batch axis, `sw_batch` windows of any of them per forward (None: SW_BATCH_SUBSETS). amp: autocast;
     channels_last also converts the weights (no gain measured in CPU inference, unlike training).
     Windows overhanging the volume are zero-padded."""
+    probs = predict_probabilities(model, image, presents, roi, overlap, device, amp, sw_batch, channels_last)
+    return probs > 0.5
+
+
+def predict_probabilities(
+    model: nn.Module,
+    image: np.ndarray,
+    presents: np.ndarray | None,
+    roi: int,
+    overlap: float,
+    device: str | torch.device = "auto",
+    amp: bool = False,
+    sw_batch: int | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Lesion probabilities (S, X, Y, Z) float32: the sigmoid of the sliding-window logits that
+    `predict_subsets` thresholds at 0.5 (the paper, Methods); same arguments."""
     device = pick_device(device)
     sw_batch = sw_batch or SW_BATCH_SUBSETS.get(device.type, SW_BATCH_SUBSETS["cuda"])
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -77,7 +94,7 @@ def predict_subsets(
 
     with torch.inference_mode():
         logits = sliding_window_inference(x, (roi,) * 3, sw_batch, predictor, overlap=overlap, with_coord=True)
-        return (torch.sigmoid(logits[:, 0]) > 0.5).cpu().numpy()
+        return torch.sigmoid(logits[:, 0]).cpu().numpy()
 
 
 def predict_case(
