@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from mmlib.data.modalities import sort_modalities
 from mmlib.errors import CheckpointError
 from mmlib.models.multiunet import MultiUNet
 
@@ -71,3 +73,27 @@ def to_authors_state_dict(model: MultiUNet) -> dict[str, torch.Tensor]:
     """The inverse of `authors_multiunet`: a width-1 MultiUNet's weights under the authors' names."""
     ours = model.state_dict()
     return {theirs: ours[name].detach().cpu().clone() for theirs, name in AUTHORS_TO_MMLIB.items()}
+
+
+class ChannelOrder(nn.Module):
+    """A network whose input channels come in another order than mmlib's (a ChannelMap sorts its
+    modalities): (B, C, X, Y, Z) in mmlib's order is permuted to the network's, then passed on.
+    A permutation is needed in front: the residual path adds input channel i to feature channel i,
+    so the first conv's weights cannot simply be permuted instead."""
+
+    def __init__(self, net: nn.Module, order: list[int]):
+        super().__init__()
+        self.net = net
+        self.order = list(order)
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, X, Y, Z) in mmlib's channel order -> the network's logits."""
+        return self.net(x[:, self.order])
+
+
+def in_mmlib_order(net: nn.Module, channels) -> nn.Module:
+    """`net`, whose input channel i holds modality `channels[i]`, fed in mmlib's channel order."""
+    ours = sort_modalities(channels)
+    if tuple(ours) == tuple(channels):
+        return net
+    return ChannelOrder(net, [ours.index(m) for m in channels])
