@@ -198,7 +198,8 @@ def _cmd_predict(args) -> int:
     import warnings
 
     from mmlib.data.manifest import load_manifest
-    from mmlib.engine.predict import CaseRequest, load_predictor, parse_pairs, predict_database, predict_files
+    from mmlib.engine.predict import (CaseRequest, GridWarning, load_predictor, parse_pairs, predict_database,
+                                      predict_files)
     from mmlib.io import prepare_out_dir
 
     if bool(args.image) == bool(args.manifest):
@@ -217,9 +218,11 @@ def _cmd_predict(args) -> int:
             request = CaseRequest(parse_pairs(args.image, "--image"), Path(args.out), args.probabilities and
                                   Path(args.probabilities), args.brain_mask and Path(args.brain_mask), channels)
             done = f"segmentation written to {predict_files(predictor, request, args.device)}"
-    for w in caught:
-        if issubclass(w.category, UserWarning):
+    for w in caught:  # ours in one line each, anything else as Python shows it
+        if issubclass(w.category, GridWarning):
             print(f"mmlib predict: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(done)
     return 0
 

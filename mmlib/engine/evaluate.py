@@ -29,6 +29,11 @@ SW_BATCH = 4
 #: is busier with more; on 2 CPU cores 4 beat 16 (benchmarks/bench_engine.py, fp32).
 SW_BATCH_SUBSETS = {"cpu": 4, "cuda": 16}
 
+#: Windows of at least this many voxels (128^3, the paper's) run alone on CPU, not doubled: one
+#: took 9.5 s and 1.6 GiB against 15.6 s and 2.7 GiB each for two (paper's network, 2 threads,
+#: benchmarks/bench_predict.py's machine).
+LARGE_WINDOW = 128 ** 3
+
 ROW_COLUMNS = ("database", "case_id", "model", "subset", "n_modalities",
                "dice", "sensitivity", "precision", "assd", "lesion_ml", "predicted_ml")
 
@@ -83,7 +88,7 @@ def predict_probabilities(
         n = window.shape[0]
         # Each window carries its own subset's mask: MONAI names the input row of every window.
         p = None if pres is None else pres[[c[0].start for c in coords]]
-        if n == 1 and device.type == "cpu":
+        if n == 1 and device.type == "cpu" and window[0, 0].numel() < LARGE_WINDOW:
             # PyTorch's CPU conv falls back to a kernel several times slower for a batch of one
             # small volume; a batch of two (the window twice) is faster than one.
             window = torch.cat([window, window])
