@@ -30,8 +30,8 @@ SW_BATCH = 4
 SW_BATCH_SUBSETS = {"cpu": 4, "cuda": 16}
 
 #: Windows of at least this many voxels (128^3, the paper's) run alone on CPU, not doubled: one
-#: took 9.5 s and 1.6 GiB against 15.6 s and 2.7 GiB each for two (paper's network, 2 threads,
-#: benchmarks/bench_predict.py's machine).
+#: took 9.5 s and 1.6 GiB, two in one pass 31 s and 2.7 GiB (the paper's network, 2 threads, on
+#: a busy 2-core machine).
 LARGE_WINDOW = 128 ** 3
 
 ROW_COLUMNS = ("database", "case_id", "model", "subset", "n_modalities",
