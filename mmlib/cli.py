@@ -1,4 +1,4 @@
-"""The `mmlib` command: synth, check, joint, study.
+"""The `mmlib` command: synth, check, joint, study, reference, predict, export.
 
 Exit codes: 0 done; 2 refused input or, for `check`, problems found in the database; 3 `check`
 could not run (no manifest, no root folder); 130 interrupted. Errors are one line naming the
@@ -194,6 +194,46 @@ def _cmd_reference(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import warnings
+
+    from mmlib.data.manifest import load_manifest
+    from mmlib.engine.predict import (CaseRequest, GridWarning, load_predictor, parse_pairs, predict_database,
+                                      predict_files)
+    from mmlib.io import prepare_out_dir
+
+    if bool(args.image) == bool(args.manifest):
+        raise MMLibError("give the images of one case (--image MOD=FILE ...) or a database (--manifest NAME_OR_FILE)")
+    channels = parse_pairs(args.channel, "--channel")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = load_predictor(args.checkpoint, args.device)
+        if args.manifest:
+            manifest = load_manifest(args.manifest)
+            out = prepare_out_dir(args.out)
+            rows = predict_database(predictor, manifest, manifest.resolve_root(args.root), out, channels, args.device)
+            done = f"{manifest.name}: segmentations in {out}" + (f", {len(rows)} case(s) scored in metrics.csv and "
+                                                                 f"summary.csv" if len(rows) else "")
+        else:
+            request = CaseRequest(parse_pairs(args.image, "--image"), Path(args.out), args.probabilities and
+                                  Path(args.probabilities), args.brain_mask and Path(args.brain_mask), channels)
+            done = f"segmentation written to {predict_files(predictor, request, args.device)}"
+    for w in caught:  # ours in one line each, anything else as Python shows it
+        if issubclass(w.category, GridWarning):
+            print(f"mmlib predict: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(done)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from mmlib.engine.bundle import export_bundle
+
+    print(f"MONAI bundle written to {export_bundle(args.checkpoint, Path(args.bundle))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="e.g. long-cpu, gpu-h200")
     p.add_argument("--wall-time", required=True, help="how long the run took from a fresh clone, e.g. '91 min'")
     p.set_defaults(func=_cmd_reference)
+
+    p = sub.add_parser("predict", help="segment a case (or every case of a database) with an mmlib checkpoint or "
+                                       "the authors' released one, on the input's grid")
+    p.add_argument("--checkpoint", required=True, help="an mmlib checkpoint (final.pt) or the authors' .pth")
+    p.add_argument("--image", action="append", metavar="MOD=FILE", help="one modality of the case (repeatable; "
+                   "any subset of the model's; the first image's grid is the output's)")
+    p.add_argument("--out", required=True, help="the segmentation .nii.gz (one case) or a folder (--manifest)")
+    p.add_argument("--probabilities", metavar="FILE", help="also write the lesion probabilities (one case)")
+    p.add_argument("--brain-mask", metavar="FILE", help="the brain for z-scoring (default: derived from the images)")
+    p.add_argument("--channel", action="append", metavar="NEW=OLD", help="place a modality the model lacks on "
+                   "the channel of one the case lacks (the paper's Appendix B), e.g. DWI=PD")
+    p.add_argument("--manifest", help="segment every case of this database (a manifest YAML or a name such as ISLES)")
+    p.add_argument("--root", help="with --manifest: the release folder (default: $MMLIB_<NAME>_ROOT ...)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write a checkpoint as a MONAI bundle that `python -m monai.bundle run` "
+                                      "executes (configs/metadata.json, configs/inference.json, models/model.pt)")
+    p.add_argument("checkpoint", help="an mmlib checkpoint or the authors' .pth")
+    p.add_argument("--bundle", required=True, help="the bundle folder to write")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

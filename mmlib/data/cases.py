@@ -34,6 +34,7 @@ class PreparedCase:
     label: uint8 (X, Y, Z): 0 background, 1 lesion, IGNORE (255) left out of loss and metrics.
     brain: bool (X, Y, Z). spacing: voxel size in mm. Arrays are RAS-oriented. sources: the
     input files' {file: [size, mtime_ns]} it was made from (mmlib.data.identity), when known.
+    affine: the 4x4 world affine of the arrays' (cropped) grid, when known.
     """
 
     database: str
@@ -44,6 +45,7 @@ class PreparedCase:
     brain: np.ndarray
     spacing: tuple[float, float, float]
     sources: dict | None = None
+    affine: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ import os
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -72,7 +73,7 @@ def reference_grid(img: nib.Nifti1Image, spacing_mm: float) -> tuple[tuple[int, 
     return tuple(int(n) for n in n_new), new
 
 
-def _resample(data: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray,
+def resample(data: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray,
               order: int = 1, antialias: bool = True) -> np.ndarray:
     """`data` (on `src_affine`) resampled into the grid (`shape`, `affine`) through world space.
 
@@ -102,7 +103,7 @@ def _merge_labels(values: np.ndarray, manifest) -> np.ndarray:
 
 def _resample_label(merged: np.ndarray, src_affine, shape, affine) -> np.ndarray:
     """Merged label resampled per class (linear partial volumes, then argmax): keeps thin lesions."""
-    fractions = [_resample((merged == v).astype(np.float32), src_affine, shape, affine)
+    fractions = [resample((merged == v).astype(np.float32), src_affine, shape, affine)
                  for v in (1, IGNORE)]
     background = 1.0 - fractions[0] - fractions[1]
     winner = np.argmax(np.stack([background, *fractions]), axis=0)
@@ -120,7 +121,7 @@ def _mni_mask(resolution: int) -> nib.Nifti1Image:
 def template_brain_mask(shape, affine: np.ndarray, spacing_mm: float) -> np.ndarray:
     """nilearn's MNI152 2009 brain mask resampled into the grid through world coordinates."""
     mask = _mni_mask(1 if spacing_mm < 2 else 2)
-    values = _resample(mask.get_fdata(dtype=np.float32), mask.affine, shape, affine)
+    values = resample(mask.get_fdata(dtype=np.float32), mask.affine, shape, affine)
     return values >= 0.5
 
 
@@ -183,11 +184,101 @@ def head_brain_mask(images: np.ndarray, spacing_mm: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- one case
 
-def prepare_case(manifest, raw: RawCase, spacing_mm: float) -> PreparedCase:
+@dataclass(frozen=True)
+class Normalisation:
+    """How intensities and the field of view are prepared once on the grid (the paper, Methods).
+
+    background 'zero': z-scored with the brain's mean and std inside the brain, 0 outside (the
+    study's models); 'scaled': the whole volume z-scored with the brain's statistics, so the
+    background is -mean/std (the authors' released models). crop: cut to the brain's box.
+    """
+
+    background: str = "zero"
+    crop: bool = True
+
+    def __post_init__(self):
+        if self.background not in ("zero", "scaled"):
+            raise MMLibError(f"background must be 'zero' or 'scaled', got {self.background!r}")
+
+
+#: The study's preprocessing, and the authors' (their released checkpoints).
+STUDY_NORMALISATION = Normalisation()
+AUTHORS_NORMALISATION = Normalisation(background="scaled", crop=False)
+
+
+def brain_rule(manifest) -> str:
+    """How a database's brain mask is derived: 'template' (MNI152), 'stripped' (non-zero voxels
+    of skull-stripped images) or 'head' (Otsu foreground of images with skull)."""
+    if manifest.brain_mask == "template":
+        return "template"
+    return "stripped" if manifest.skull_stripped else "head"
+
+
+_RULE_HINTS = {"template": " (brain_mask: template expects images in MNI152 2009 space)",
+               "stripped": " (skull-stripped images are all zero?)", "head": " (images are empty or constant?)"}
+
+
+def resample_images(images: dict, files: dict, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Modalities (name -> nibabel image, any grids) on the isotropic RAS grid of the first one
+    -> (float32 (M, X, Y, Z) in `images`' order, the grid's 4x4 affine). `files` names each
+    modality's file for errors; non-finite values are refused."""
+    if not spacing_mm or spacing_mm <= 0:
+        raise MMLibError(f"spacing_mm must be positive, got {spacing_mm!r}")
+    ras = {m: _as_3d(img, files.get(m), m) for m, img in images.items()}
+    shape, affine = reference_grid(next(iter(ras.values())), spacing_mm)
+    out = np.zeros((len(ras), *shape), np.float32)
+    for i, (mod, img) in enumerate(ras.items()):
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if not np.isfinite(data).all():
+            raise ImageReadError(f"{mod} image holds non-finite values (NaN or inf)", files.get(mod))
+        out[i] = resample(data, img.affine, shape, affine)
+        if not np.isfinite(out[i]).all():
+            raise PreprocessError(f"{mod} image is non-finite after resampling to {spacing_mm} mm", files.get(mod))
+    return out, affine
+
+
+def derived_brain_mask(rule: str, images: np.ndarray, affine: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """The brain (X, Y, Z) bool of images (M, X, Y, Z) on grid `affine`, by `brain_rule`."""
+    if rule == "template":
+        return template_brain_mask(images.shape[1:], affine, spacing_mm)
+    if rule == "stripped":
+        return stripped_brain_mask(images)
+    return head_brain_mask(images, spacing_mm)
+
+
+def normalise(images: np.ndarray, brain: np.ndarray, background: str = "zero") -> np.ndarray:
+    """Each modality z-scored with its mean and std inside `brain`, in place; the outside is 0
+    ('zero') or goes through the same z-score ('scaled', the authors')."""
+    for i in range(len(images)):
+        inside = images[i][brain].astype(np.float64)
+        std = inside.std()
+        images[i] = (images[i] - inside.mean()) / (std if std > 1e-8 else 1.0)
+    if background == "zero":
+        images[:, ~brain] = 0.0
+    return images
+
+
+def brain_box(brain: np.ndarray, crop: bool = True) -> tuple[slice, ...]:
+    """The brain's bounding box plus CROP_MARGIN voxels (the whole grid when not `crop`)."""
+    if not crop:
+        return tuple(slice(0, n) for n in brain.shape)
+    return tuple(slice(max(0, int(ix.min()) - CROP_MARGIN), min(n, int(ix.max()) + CROP_MARGIN + 1))
+                 for ix, n in zip(np.nonzero(brain), brain.shape))
+
+
+def cropped_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The affine of a grid cut to `box` (its first voxel moves to the box's corner)."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = affine[:3, :3] @ np.array([s.start for s in box], float) + affine[:3, 3]
+    return out
+
+
+def prepare_case(manifest, raw: RawCase, spacing_mm: float,
+                 normalisation: Normalisation = STUDY_NORMALISATION) -> PreparedCase:
     """One raw case -> PreparedCase on an isotropic RAS grid of `spacing_mm`, cropped to the brain.
 
     image float32 (M, X, Y, Z) in manifest.modalities order, z-scored inside the brain and 0
-    outside; label uint8 (X, Y, Z) with 0 / 1 / IGNORE; brain bool (X, Y, Z).
+    outside (or as `normalisation` says); label uint8 (X, Y, Z) with 0 / 1 / IGNORE; brain bool.
     """
     files = raw.files
     case = f"{manifest.name} case {files.case_id}"
@@ -195,24 +286,8 @@ def prepare_case(manifest, raw: RawCase, spacing_mm: float) -> PreparedCase:
     if missing:
         raise ImageReadError(f"{case} lacks modality(ies) {', '.join(missing)}",
                              next(iter(files.images.values()), None))
-    if not spacing_mm or spacing_mm <= 0:
-        raise MMLibError(f"spacing_mm must be positive, got {spacing_mm!r}")
-
-    def path(mod):
-        return files.images.get(mod)
-
-    ras = {m: _as_3d(raw.images[m], path(m), m) for m in manifest.modalities}
-    first = manifest.modalities[0]
-    shape, affine = reference_grid(ras[first], spacing_mm)
-
-    images = np.zeros((len(manifest.modalities), *shape), np.float32)
-    for i, mod in enumerate(manifest.modalities):
-        data = np.asarray(ras[mod].dataobj, dtype=np.float32)
-        if not np.isfinite(data).all():
-            raise ImageReadError(f"{mod} image holds non-finite values (NaN or inf)", path(mod))
-        images[i] = _resample(data, ras[mod].affine, shape, affine)
-        if not np.isfinite(images[i]).all():
-            raise PreprocessError(f"{mod} image is non-finite after resampling to {spacing_mm} mm", path(mod))
+    images, affine = resample_images({m: raw.images[m] for m in manifest.modalities}, files.images, spacing_mm)
+    shape = images.shape[1:]
 
     if raw.label is None:
         warnings.warn(f"{case} has no label: its label is all background", stacklevel=2)
@@ -227,31 +302,18 @@ def prepare_case(manifest, raw: RawCase, spacing_mm: float) -> PreparedCase:
             raise ImageReadError(f"{case}: {problem}", files.label)
         label = _resample_label(_merge_labels(label_values, manifest), lab.affine, shape, affine)
 
-    if manifest.brain_mask == "template":
-        brain = template_brain_mask(shape, affine, spacing_mm)
-        hint = " (brain_mask: template expects images in MNI152 2009 space)"
-    elif manifest.skull_stripped:
-        brain = stripped_brain_mask(images)
-        hint = " (skull-stripped images are all zero?)"
-    else:
-        brain = head_brain_mask(images, spacing_mm)
-        hint = " (images are empty or constant?)"
+    rule = brain_rule(manifest)
+    brain = derived_brain_mask(rule, images, affine, spacing_mm)
     if not brain.any():
-        raise PreprocessError(f"{case}: empty brain mask{hint}", path(first))
+        raise PreprocessError(f"{case}: empty brain mask{_RULE_HINTS[rule]}", files.images.get(manifest.modalities[0]))
+    normalise(images, brain, normalisation.background)
 
-    for i in range(len(images)):
-        inside = images[i][brain].astype(np.float64)
-        std = inside.std()
-        images[i] = (images[i] - inside.mean()) / (std if std > 1e-8 else 1.0)
-    images[:, ~brain] = 0.0
-
-    box = tuple(slice(max(0, int(ix.min()) - CROP_MARGIN), min(n, int(ix.max()) + CROP_MARGIN + 1))
-                for ix, n in zip(np.nonzero(brain), shape))
+    box = brain_box(brain, normalisation.crop)
     return PreparedCase(
         database=manifest.name, case_id=files.case_id, modalities=tuple(manifest.modalities),
         image=np.ascontiguousarray(images[(slice(None), *box)]),
         label=np.ascontiguousarray(label[box]), brain=np.ascontiguousarray(brain[box]),
-        spacing=(float(spacing_mm),) * 3)
+        spacing=(float(spacing_mm),) * 3, affine=cropped_affine(affine, box))
 
 
 # --------------------------------------------------------------------------- cache
@@ -281,6 +343,8 @@ def save_cached_case(case: PreparedCase, path: str | Path) -> None:
     arrays = dict(image=case.image, label=case.label, brain=case.brain,
                   spacing=np.asarray(case.spacing, np.float64), modalities=np.asarray(case.modalities, str),
                   database=np.asarray(case.database), case_id=np.asarray(case.case_id))
+    if case.affine is not None:
+        arrays["affine"] = np.asarray(case.affine, np.float64)
     if case.sources is not None:
         arrays["sources"] = np.asarray(json.dumps(case.sources, sort_keys=True))
     with atomic_open(path, "wb") as fh:
@@ -295,7 +359,8 @@ def load_cached_case(path: str | Path) -> PreparedCase:
                 database=str(z["database"]), case_id=str(z["case_id"]),
                 modalities=tuple(str(m) for m in z["modalities"]), image=z["image"],
                 label=z["label"], brain=z["brain"], spacing=tuple(float(s) for s in z["spacing"]),
-                sources=json.loads(str(z["sources"])) if "sources" in z.files else None)
+                sources=json.loads(str(z["sources"])) if "sources" in z.files else None,
+                affine=z["affine"] if "affine" in z.files else None)
     except PermissionError:
         raise PreprocessError("permission denied: cannot read the cache entry", path) from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -303,7 +368,8 @@ def load_cached_case(path: str | Path) -> PreparedCase:
     ok = (case.image.ndim == 4 and case.image.shape[0] == len(case.modalities)
           and case.image.shape[1:] == case.label.shape == case.brain.shape
           and case.image.dtype == np.float32 and case.label.dtype == np.uint8 and case.brain.dtype == bool
-          and (case.sources is None or isinstance(case.sources, dict)))
+          and (case.sources is None or isinstance(case.sources, dict))
+          and (case.affine is None or case.affine.shape == (4, 4)))
     if not ok:
         raise PreprocessError("corrupt cache entry: arrays do not fit together", path)
     return case

@@ -30,6 +30,11 @@ SW_BATCH = 4
 #: is busier with more; on 2 CPU cores 4 beat 16 (benchmarks/bench_engine.py, fp32).
 SW_BATCH_SUBSETS = {"cpu": 4, "cuda": 16}
 
+#: Windows of at least this many voxels (128^3, the paper's) run alone on CPU, not doubled: one
+#: took 9.5 s and 1.6 GiB, two in one pass 31 s and 2.7 GiB (the paper's network, 2 threads, on
+#: a busy 2-core machine).
+LARGE_WINDOW = 128 ** 3
+
 ROW_COLUMNS = ("database", "case_id", "model", "subset", "n_modalities",
                "dice", "sensitivity", "precision", "assd", "lesion_ml", "predicted_ml")
 
@@ -50,6 +55,23 @@ def predict_subsets(
     batch axis, `sw_batch` windows of any of them per forward (None: SW_BATCH_SUBSETS). amp: autocast;
     channels_last also converts the weights (no gain measured in CPU inference, unlike training).
     Windows overhanging the volume are zero-padded."""
+    probs = predict_probabilities(model, image, presents, roi, overlap, device, amp, sw_batch, channels_last)
+    return probs > 0.5
+
+
+def predict_probabilities(
+    model: nn.Module,
+    image: np.ndarray,
+    presents: np.ndarray | None,
+    roi: int,
+    overlap: float,
+    device: str | torch.device = "auto",
+    amp: bool = False,
+    sw_batch: int | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Lesion probabilities (S, X, Y, Z) float32: the sigmoid of the sliding-window logits that
+    `predict_subsets` thresholds at 0.5 (the paper, Methods); same arguments."""
     device = pick_device(device)
     sw_batch = sw_batch or SW_BATCH_SUBSETS.get(device.type, SW_BATCH_SUBSETS["cuda"])
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -68,7 +90,7 @@ def predict_subsets(
         n = window.shape[0]
         # Each window carries its own subset's mask: MONAI names the input row of every window.
         p = None if pres is None else pres[[c[0].start for c in coords]]
-        if n == 1 and device.type == "cpu":
+        if n == 1 and device.type == "cpu" and window[0, 0].numel() < LARGE_WINDOW:
             # PyTorch's CPU conv falls back to a kernel several times slower for a batch of one
             # small volume; a batch of two (the window twice) is faster than one.
             window = torch.cat([window, window])
@@ -84,7 +106,7 @@ def predict_subsets(
 
     with torch.inference_mode():
         logits = sliding_window_inference(x, (roi,) * 3, sw_batch, predictor, overlap=overlap, with_coord=True)
-        return (torch.sigmoid(logits[:, 0]) > 0.5).cpu().numpy()
+        return torch.sigmoid(logits[:, 0]).cpu().numpy()
 
 
 def predict_case(

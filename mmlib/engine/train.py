@@ -237,7 +237,7 @@ def train(
     cmap = channel_map if isinstance(channel_map, ChannelMap) else ChannelMap.from_dict(channel_map)
     config = {"in_channels": len(cmap), **config,
               "steps": steps, "lr": lr, "lr_drop_step": lr_drop_step, "seed": seed}
-    name = config.get("name") or config.get("arch")
+    name = f"{config.get('name') or config.get('arch')} (seed {seed})"
 
     # Batches drawn by step number need no state; on a GPU a JointBatches draws them there.
     by_step = callable(getattr(batches, "batch", None))

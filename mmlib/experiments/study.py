@@ -31,6 +31,7 @@ import pandas as pd
 
 from mmlib.data.manifest import DatabaseManifest, load_manifest
 from mmlib.engine import distributed
+from mmlib.engine.predict import study_preprocessing
 from mmlib.errors import MMLibError
 from mmlib.engine.convergence import Validation
 from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash, single_test_modality
@@ -276,7 +277,8 @@ class Study:
         plan = schedule(spec, self.preset, batches.epoch_length())
         distributed.on_main(atomic_write_json, run_dir / "spec.json", asdict(spec))
         config = {"arch": spec.net, "width": self.preset.width, "dice_batch": self.preset.dice_batch,
-                  "name": f"{spec.trained.name} (seed {spec.seed})", "identity": run_dir.name}
+                  "name": spec.trained.name, "identity": run_dir.name,
+                  "preprocessing": study_preprocessing(self.preset)}  # so `mmlib predict` needs no study
         train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,
               out_dir=run_dir, config=config, channel_map=cmap.to_dict(), device=self.device,
               amp=self.preset.amp, progress=self.progress, seed=spec.seed,
