@@ -43,13 +43,16 @@ class TwinCase:
 
     images: canonical modality -> float32 (scanner units); label: uint8 in the release's values;
     brain: bool, the brain as preprocessing should find it (stripping mask or template brain);
-    wm: bool, nearly pure white matter (a reference tissue for contrast checks).
+    wm: bool, nearly pure white matter (a reference tissue for contrast checks);
+    tissue: float32 (3, X, Y, Z), the shares of CSF, GM and WM each brain voxel held before any
+    lesion (0 outside the brain): what a lesion voxel replaced.
     """
 
     images: dict[str, np.ndarray]
     label: np.ndarray
     brain: np.ndarray
     wm: np.ndarray
+    tissue: np.ndarray
     grid: Grid
     site: str
     info: dict
@@ -166,8 +169,10 @@ def generate_case(manifest: DatabaseManifest, voxel_mm: float, seed: int, index:
         label = np.where(brain, label, 0).astype(np.uint8)
     else:
         brain = anat["brain"] > 0.5
-    return TwinCase(images=images, label=label, brain=brain, wm=(anat["wm"] > 0.9) & brain, grid=grid,
-                    site=str(site.get("name", "")), info=dict(lesions.info))
+    shares = np.stack([anat["csf"], anat["gm"], anat["wm"]]) * brain
+    return TwinCase(images=images, label=label, brain=brain, wm=(anat["wm"] > 0.9) & brain,
+                    tissue=shares.astype(np.float32), grid=grid, site=str(site.get("name", "")),
+                    info=dict(lesions.info))
 
 
 # --------------------------------------------------------------------------- writing
