@@ -1,10 +1,10 @@
 """Lesion models of the twins: where lesions lie, their shapes, compartments and labels.
 
 Each model draws on a subject's Anatomy and returns Lesions: compartments (appearance key of
-contrast.LESION, bounding box, weight map) and the label as its release writes it. Weights
-are partial volume x conspicuity, so a lesion can be faint in one modality's mix yet labelled;
-labels are the partial volume thresholded at a per-lesion level on an outline perturbed
-independently of the intensity outline (raters do not follow the intensity edge exactly).
+contrast.LESION or contrast.OWN_SIGNAL, bounding box, weight map) and the label as its release
+writes it. Weights are partial volume x conspicuity, so a lesion can be faint in one modality's
+mix yet labelled; labels are the partial volume thresholded at a per-lesion level on an outline
+perturbed independently of the intensity outline (raters do not follow the intensity edge exactly).
 Parameters come from the manifest's `synth.lesions` mapping; defaults below are the paper
 databases' typical values.
 """
@@ -205,7 +205,7 @@ def stroke(anat: Anatomy, rng: np.random.Generator, p: dict, plan: dict | None =
     """Ischaemic stroke: territorial (cortical wedge) and lacunar (deep) infarcts.
 
     p['stage'] 'chronic': CSF-like cavity with a gliotic rim (T1 dark); 'subacute': cytotoxic
-    oedema (DWI bright, FLAIR/T2 bright, T1 mildly dark). Label value p['label'] (1).
+    oedema (DWI bright, FLAIR/T2 bright, T1 dark). Label value p['label'] (1).
     """
     cv = _Canvas(anat, rng)
     chronic = p.get("stage", "chronic") == "chronic"
