@@ -180,5 +180,8 @@ def literature_table(measured: pd.DataFrame) -> pd.DataFrame:
 
 
 def twin_contrast_table(preset="quick", seed: int = 0, max_cases: int | None = 4) -> pd.DataFrame:
-    """Every twin's lesion contrast beside the literature (notebook 00): twin_contrast + literature_table."""
-    return literature_table(twin_contrast(preset, seed, max_cases=max_cases)).round(2)
+    """Every twin's lesion contrast beside the literature (notebook 00): twin_contrast + literature_table,
+    the measured CNRs next to the expected sign."""
+    table = literature_table(twin_contrast(preset, seed, max_cases=max_cases)).round(2)
+    return table[["database", "region", "modality", "cnr_brain", "cnr_tissue", "cnr_gm", "literature", "agrees",
+                  "fact", "source", "cases", "voxels"]]
