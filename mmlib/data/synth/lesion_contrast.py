@@ -26,6 +26,10 @@ The expected signs (LITERATURE) are standard neuroradiology, from:
   to detection and interpretation. Lancet Neurol 2009;8:165-174.
 - [Haacke 2010] Haacke EM, Duhaime AC, Gean AD, et al. Common data elements in radiologic imaging
   of traumatic brain injury. J Magn Reson Imaging 2010;32:516-543.
+- [Bradley 1993] Bradley WG Jr. MR appearance of hemorrhage in the brain. Radiology
+  1993;189:15-26 (sub-acute methaemoglobin T1-bright; deoxyhaemoglobin and haemosiderin T2-dark).
+- [Osborn 2018] Osborn AG, Hedlund GL, Salzman KL. Osborn's Brain: Imaging, Pathology, and
+  Anatomy, 2nd ed. Elsevier, 2018 (textbook: glioma T1-iso to hypointense, T2/FLAIR-hyperintense).
 """
 
 from __future__ import annotations
@@ -57,10 +61,10 @@ class Expected(NamedTuple):
 LITERATURE: dict[tuple[str, str, str], Expected] = {
     ("BRATS", "lesion", "FLAIR"): Expected("hyper", "oedema and tumour FLAIR-hyperintense", "Menze 2015"),
     ("BRATS", "lesion", "T2"): Expected("hyper", "oedema and tumour T2-hyperintense", "Menze 2015"),
-    ("BRATS", "lesion", "T1"): Expected("hypo", "glioma T1-hypointense", "Menze 2015"),
+    ("BRATS", "lesion", "T1"): Expected("hypo", "glioma T1-hypointense", "Osborn 2018"),
     ("BRATS", "lesion", "T1c"): Expected("mixed", "enhancing rim bright, necrosis and oedema dark", "Menze 2015"),
     ("BRATS", "enhancing", "T1c"): Expected("hyper", "enhancing tumour bright after gadolinium", "Menze 2015"),
-    ("TUMOR2", "lesion", "T1"): Expected("hypo", "glioma T1-hypointense", "Menze 2015"),
+    ("TUMOR2", "lesion", "T1"): Expected("hypo", "glioma T1-hypointense", "Osborn 2018"),
     ("ATLAS", "lesion", "T1"): Expected("hypo", "chronic infarct: CSF-like cavity and gliosis, T1-hypointense",
                                         "Allen 2012"),
     ("ISLES", "lesion", "T1"): Expected("hypo", "sub-acute infarct T1-hypointense", "Allen 2012"),
@@ -76,8 +80,9 @@ LITERATURE: dict[tuple[str, str, str], Expected] = {
     ("WMH", "lesion", "T1"): Expected("iso-hypo", "WMH iso- or hypointense on T1", "Wardlaw 2013"),
     ("TBI", "lesion", "FLAIR"): Expected("hyper", "contusion oedema and gliosis FLAIR-hyperintense", "Haacke 2010"),
     ("TBI", "lesion", "T2"): Expected("hyper", "contusion oedema T2-hyperintense", "Haacke 2010"),
-    ("TBI", "lesion", "T1"): Expected("mixed", "sub-acute blood T1-bright, oedema and gliosis dark", "Haacke 2010"),
-    ("TBI", "lesion", "SWI"): Expected("hypo", "haemorrhage and microbleeds SWI-hypointense", "Greenberg 2009"),
+    ("TBI", "lesion", "T1"): Expected("mixed", "sub-acute blood T1-bright, oedema and gliosis dark", "Bradley 1993"),
+    ("TBI", "lesion", "SWI"): Expected("hypo", "haemorrhage and microbleeds SWI-hypointense",
+                                      "Haacke 2010, Greenberg 2009"),
 }
 #: Regions other than the merged lesion: the release's label values they cover.
 REGIONS: dict[tuple[str, str], tuple[int, ...]] = {("BRATS", "enhancing"): (3,)}
