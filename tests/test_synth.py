@@ -181,7 +181,7 @@ def _composite(key: str, modality: str, tissue: str) -> tuple[float, float]:
     """(healthy, lesioned) value of one voxel of `tissue` fully replaced by compartment `key`."""
     healthy = np.full((1, 1, 1), TISSUE[modality][tissue], np.float32)
     box = (slice(0, 1),) * 3
-    out = add_lesions(healthy, [(key, box, np.ones((1, 1, 1), np.float32))], modality, LESION, OWN_SIGNAL)
+    out = add_lesions(healthy, [(key, box, np.ones((1, 1, 1), np.float32))], modality, LESION, OWN_SIGNAL, healthy)
     return float(healthy[0, 0, 0]), float(out[0, 0, 0])
 
 

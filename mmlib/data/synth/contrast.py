@@ -99,21 +99,33 @@ def normal_tissue(anat: Anatomy, modality: str, tissue: dict[str, float], vessel
     return img.astype(np.float32)
 
 
-def add_lesions(img: np.ndarray, parts, modality: str, factors: dict, own: dict) -> np.ndarray:
-    """Replace tissue by lesion compartments: img*(1-W) + sum_k w_k*a_k, W = sum_k w_k (<= 1),
-    a_k = factors[k]*img for altered tissue (LESION), own[k] for a signal of its own (OWN_SIGNAL)."""
+def parenchyma(anat: Anatomy, modality: str, tissue: dict[str, float]) -> np.ndarray:
+    """The parenchyma's own value in each voxel: GM and WM in their local proportion, with the
+    template's texture, without the CSF that shares the voxel (what altered tissue replaces)."""
+    m = anat.maps
+    par = m["gm"] + m["wm"]
+    gm_share = np.where(par > 1e-3, m["gm"] / np.maximum(par, 1e-3), 0.0)
+    value = gm_share * tissue["gm"] + (1 - gm_share) * tissue["wm"] + m["texture"] * TEXTURE[modality]
+    return np.maximum(value, 0).astype(np.float32)
+
+
+def add_lesions(img: np.ndarray, parts, modality: str, factors: dict, own: dict,
+                par_img: np.ndarray) -> np.ndarray:
+    """Replace tissue by lesion compartments (weights w_k, overlaps sharing the voxel):
+    img + sum_k w_k*(a_k - r_k). Altered tissue (LESION): a_k - r_k = (factors[k] - 1)*par_img, the
+    parenchyma's share changed by its factor; a signal of its own (OWN_SIGNAL): own[k] - img."""
     if not parts:
         return img
     total = np.zeros(img.shape, np.float32)
-    mixed = np.zeros(img.shape, np.float32)
+    delta = np.zeros(img.shape, np.float32)
     for key, box, weight in parts:
         total[box] += weight
         if key in own:
-            mixed[box] += weight * own[key][modality]
+            delta[box] += weight * (own[key][modality] - img[box])
         else:
-            mixed[box] += weight * factors[key][modality] * img[box]
+            delta[box] += weight * (factors[key][modality] - 1) * par_img[box]
     over = np.maximum(total, 1.0)   # overlapping compartments share the voxel
-    return img * (1 - total / over) + mixed / over
+    return img + delta / over
 
 
 def scanner_effects(img: np.ndarray, anat: Anatomy, sc: dict, rng: np.random.Generator,

@@ -28,7 +28,7 @@ import numpy as np
 from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, load_manifest, manifest_dir
 from mmlib.data.synth.anatomy import Grid, load_template, make_grid, sample_anatomy, sample_geometry
 from mmlib.data.synth.contrast import (LESION, OWN_SIGNAL, TISSUE, add_lesions, normal_tissue,
-                                      scanner_effects, susceptibility_artefact, vessel_map)
+                                      parenchyma, scanner_effects, susceptibility_artefact, vessel_map)
 from mmlib.data.synth.fields import smooth_noise
 from mmlib.data.synth.io import write_json, write_nifti
 from mmlib.data.synth.pathology import MODELS, PLANS
@@ -155,7 +155,8 @@ def generate_case(manifest: DatabaseManifest, voxel_mm: float, seed: int, index:
     for mod in manifest.modalities:
         tissue = _merge(TISSUE[mod], spec.get("contrast", {}).get(mod))
         img = normal_tissue(anat, mod, tissue, vessels)
-        img = add_lesions(img, lesions.parts, mod, factors, own)
+        if lesions.parts:
+            img = add_lesions(img, lesions.parts, mod, factors, own, parenchyma(anat, mod, tissue))
         sc = _merge(sc_site, spec.get("modalities", {}).get(mod))
         if mod == "DWI":
             img = img + sc.get("artefact", 0.6) * susceptibility_artefact(anat, rng)
