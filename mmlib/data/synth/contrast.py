@@ -3,9 +3,9 @@
 Intensities are on a canonical scale (WM on T1 ~ 0.9). Each database's scanner (its manifest's
 `synth.scanner`, `synth.contrast`) then changes contrast (a gamma), gain, bias field, Rician
 noise and slice thickness. A lesion is a set of compartments, each a weight map in [0, 1] that
-replaces the normal tissue in that share (weight = partial volume x conspicuity): a compartment of
-tissue by the replaced tissue times its factor (LESION), one with a signal of its own (a tumour
-core, fluid, a clot) by that signal (OWN_SIGNAL).
+replaces the normal tissue in that share (weight = partial volume x conspicuity): altered tissue
+(LESION) scales the parenchyma it replaces by a factor per modality; a compartment with a signal of
+its own (a tumour core, fluid, a clot: OWN_SIGNAL) replaces the voxel by that signal.
 """
 
 from __future__ import annotations
