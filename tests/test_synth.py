@@ -8,14 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from mmlib.data.manifest import ALL_DATABASES, load_manifest, manifest_dir
 from mmlib.data.readers import find_cases, read_case
 from mmlib.data.synth import best_threshold_dice, generate_case, make_twins, synth_case_counts
+from mmlib.data.synth.contrast import LESION, OWN_SIGNAL, TISSUE, add_lesions
+from mmlib.data.synth.lesion_contrast import LITERATURE, literature_table, sign_holds, twin_contrast
 from mmlib.data.synth.twins import site_scanners
 from mmlib.errors import MMLibError
 
 SMOKE_VOXEL_MM = 6.0
+# Contrast is measured at the CPU presets' 3 mm: MS lesions of a few mm still fill voxels there.
+CONTRAST_VOXEL_MM = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +175,72 @@ def test_enhancing_tumour_is_brightest_on_t1c():
     t1c, t1 = case.images["T1c"], case.images["T1"]
     wm = case.wm & (case.label == 0)
     assert t1c[enh].mean() / t1c[wm].mean() > t1[enh].mean() / t1[wm].mean()
+
+
+def _composite(key: str, modality: str, tissue: str) -> tuple[float, float]:
+    """(healthy, lesioned) value of one voxel of `tissue` fully replaced by compartment `key`."""
+    healthy = np.full((1, 1, 1), TISSUE[modality][tissue], np.float32)
+    box = (slice(0, 1),) * 3
+    out = add_lesions(healthy, [(key, box, np.ones((1, 1, 1), np.float32))], modality, LESION, OWN_SIGNAL, healthy)
+    return float(healthy[0, 0, 0]), float(out[0, 0, 0])
+
+
+@pytest.mark.parametrize("key", sorted(LESION))
+def test_a_tissue_lesion_keeps_its_sign_in_grey_and_white_matter(key):
+    for modality in TISSUE:
+        (gm, gm_lesion), (wm, wm_lesion) = _composite(key, modality, "gm"), _composite(key, modality, "wm")
+        assert np.sign(round(gm_lesion - gm, 6)) == np.sign(round(wm_lesion - wm, 6)), (modality, gm_lesion, wm_lesion)
+
+
+@pytest.mark.parametrize("key", ["infarct", "gliosis"])
+def test_stroke_compartments_are_darker_than_grey_matter_on_t1_in_any_tissue(key):
+    for tissue in ("gm", "wm"):
+        assert _composite(key, "T1", tissue)[1] < TISSUE["T1"]["gm"], tissue
+
+
+@pytest.mark.parametrize("key", ["ms", "blackhole", "active"])
+def test_ms_lesions_are_pd_bright_and_not_t1_bright_in_any_tissue(key):
+    for tissue in ("gm", "wm"):
+        healthy, lesioned = _composite(key, "PD", tissue)
+        assert lesioned > healthy, tissue
+        healthy, lesioned = _composite(key, "T1", tissue)
+        assert lesioned <= healthy, tissue
+
+
+def test_sign_holds_needs_the_sign_against_the_tissue_and_in_grey_matter():
+    assert sign_holds("hyper", 0.5, 0.2) and not sign_holds("hyper", 0.5, -0.1)
+    assert sign_holds("hypo", -0.5, np.nan) and not sign_holds("hypo", -0.5, 0.02)
+    assert sign_holds("iso-hypo", 0.05, -0.3) and not sign_holds("iso-hypo", -0.3, 0.4)
+    assert sign_holds("mixed", 1.0, -1.0) is None
+
+
+@functools.lru_cache(maxsize=1)
+def _contrast_table():
+    return literature_table(twin_contrast("smoke", seed=0, max_cases=None, voxel_mm=CONTRAST_VOXEL_MM))
+
+
+@pytest.mark.parametrize("key", sorted(k for k, e in LITERATURE.items() if e.sign != "mixed"))
+def test_twin_lesions_have_the_sign_the_literature_reports(key):
+    table = _contrast_table()
+    name, region, modality = key
+    row = table[(table.database == name) & (table.region == region) & (table.modality == modality)]
+    assert len(row) == 1 and row.cases.iloc[0] > 0
+    assert row.agrees.iloc[0], row.to_dict("records")
+
+
+@pytest.mark.parametrize("name", ["ISLES", "ATLAS"])
+def test_stroke_lesions_are_t1_dark_against_normal_appearing_brain(name):
+    table = _contrast_table()
+    row = table[(table.database == name) & (table.region == "lesion") & (table.modality == "T1")]
+    assert row.cnr_brain.iloc[0] < 0
+
+
+@pytest.mark.parametrize("name,values", [("BRATS", (2, 3)), ("BRATS", (1, 2, 3)), ("TUMOR2", (1,))])
+def test_the_tumour_label_is_one_connected_region(name, values):
+    """The core (BRATS 2-3) and the whole tumour (BRATS 1-3; Tumor 2 has one label) have no crumbs."""
+    for index in range(2):
+        m, case = _case(name, index)
+        assert ndimage.label(np.isin(case.label, values), np.ones((3, 3, 3)))[1] == 1, index
 
 
 def test_best_threshold_dice_finds_a_perfect_threshold():

@@ -3,7 +3,9 @@
 Intensities are on a canonical scale (WM on T1 ~ 0.9). Each database's scanner (its manifest's
 `synth.scanner`, `synth.contrast`) then changes contrast (a gamma), gain, bias field, Rician
 noise and slice thickness. A lesion is a set of compartments, each a weight map in [0, 1] that
-replaces the normal tissue in that share (weight = partial volume x conspicuity).
+replaces the normal tissue in that share (weight = partial volume x conspicuity): altered tissue
+(LESION) scales the parenchyma it replaces by a factor per modality; a compartment with a signal of
+its own (a tumour core, fluid, a clot: OWN_SIGNAL) replaces the voxel by that signal.
 """
 
 from __future__ import annotations
@@ -28,21 +30,34 @@ TISSUE: dict[str, dict[str, float]] = {
 # each contrast, in units of the T1 WM-CSF difference: inverted on T2-like contrasts.
 TEXTURE: dict[str, float] = {"T1": 0.65, "T1c": 0.65, "T2": -0.45, "FLAIR": -0.35, "PD": -0.25,
                              "DWI": 0.10, "SWI": -0.40}
-# Lesion compartments (same canonical scale).
+# Lesion compartments of altered tissue (oedema, demyelination, gliosis, infarct, blood in tissue):
+# a factor per modality on the tissue each one replaces, so a lesion keeps its sign whether it
+# lies in grey or white matter (a juxtacortical MS lesion is not T1-bright against the cortex).
+# Signs follow standard neuroradiology (sources in synth/lesion_contrast.py): oedema, infarct,
+# gliosis, MS and WMH T1-dark and T2/FLAIR/PD-bright (sub-acute infarct and chronic gliosis below
+# grey matter on T1 even in white matter: factor < GM/WM = 0.69); infarct DWI-bright (restricted
+# diffusion); MS 'black holes' markedly T1-dark; sub-acute blood T1-bright, T2- and SWI-dark;
+# microbleeds invisible on T1, blooming dark on SWI; enhancement only on T1c.
 LESION: dict[str, dict[str, float]] = {
-    "oedema":      dict(T1=0.62, T1c=0.62, T2=1.00, FLAIR=0.95, PD=0.92, DWI=0.62, SWI=0.70),
+    "oedema":      dict(T1=0.70, T1c=0.70, T2=2.00, FLAIR=1.70, PD=1.35, DWI=1.15, SWI=0.95),
+    "gliosis":     dict(T1=0.65, T1c=0.65, T2=1.75, FLAIR=1.70, PD=1.30, DWI=0.90, SWI=0.97),
+    "infarct":     dict(T1=0.62, T1c=0.64, T2=1.85, FLAIR=1.70, PD=1.30, DWI=2.40, SWI=0.95),
+    "ms":          dict(T1=0.85, T1c=0.85, T2=1.90, FLAIR=1.75, PD=1.35, DWI=1.10, SWI=0.97),
+    "blackhole":   dict(T1=0.45, T1c=0.45, T2=2.20, FLAIR=1.55, PD=1.40, DWI=0.90, SWI=0.97),
+    "active":      dict(T1=0.80, T1c=1.35, T2=2.00, FLAIR=1.80, PD=1.40, DWI=1.40, SWI=0.97),
+    "wmh":         dict(T1=0.88, T1c=0.88, T2=1.75, FLAIR=1.70, PD=1.30, DWI=1.10, SWI=0.97),
+    "haemorrhage": dict(T1=1.40, T1c=1.40, T2=0.70, FLAIR=1.05, PD=0.90, DWI=0.60, SWI=0.15),
+    "microbleed":  dict(T1=1.00, T1c=1.00, T2=0.60, FLAIR=0.80, PD=0.80, DWI=0.80, SWI=0.12),
+}
+# Compartments of a substance of their own replace the tissue with their own signal (canonical
+# scale): a tumour's solid and enhancing core (it fills what was parenchyma or sulcal CSF; T1-dark
+# against grey matter too, bright after gadolinium), its necrotic fluid, the CSF-filled cavity of
+# an old infarct or contusion, a subdural clot.
+OWN_SIGNAL: dict[str, dict[str, float]] = {
+    "enhancing":   dict(T1=0.55, T1c=1.35, T2=0.80, FLAIR=0.85, PD=0.85, DWI=0.75, SWI=0.55),
+    "solid":       dict(T1=0.52, T1c=0.60, T2=0.90, FLAIR=0.90, PD=0.88, DWI=0.75, SWI=0.65),
     "necrosis":    dict(T1=0.30, T1c=0.33, T2=1.20, FLAIR=0.45, PD=0.92, DWI=0.25, SWI=0.80),
-    "enhancing":   dict(T1=0.62, T1c=1.35, T2=0.80, FLAIR=0.85, PD=0.85, DWI=0.75, SWI=0.55),
-    "solid":       dict(T1=0.55, T1c=0.62, T2=0.90, FLAIR=0.90, PD=0.88, DWI=0.75, SWI=0.65),
     "cavity":      dict(T1=0.28, T1c=0.28, T2=1.25, FLAIR=0.20, PD=0.93, DWI=0.18, SWI=0.85),
-    "gliosis":     dict(T1=0.62, T1c=0.62, T2=0.85, FLAIR=0.90, PD=0.85, DWI=0.45, SWI=0.72),
-    "infarct":     dict(T1=0.62, T1c=0.64, T2=0.90, FLAIR=0.88, PD=0.88, DWI=1.25, SWI=0.70),
-    "ms":          dict(T1=0.74, T1c=0.74, T2=0.92, FLAIR=0.92, PD=0.92, DWI=0.55, SWI=0.72),
-    "blackhole":   dict(T1=0.40, T1c=0.40, T2=1.05, FLAIR=0.80, PD=0.92, DWI=0.45, SWI=0.75),
-    "active":      dict(T1=0.70, T1c=1.20, T2=0.95, FLAIR=0.95, PD=0.92, DWI=0.70, SWI=0.72),
-    "wmh":         dict(T1=0.76, T1c=0.76, T2=0.85, FLAIR=0.90, PD=0.85, DWI=0.55, SWI=0.72),
-    "haemorrhage": dict(T1=0.95, T1c=0.95, T2=0.45, FLAIR=0.70, PD=0.70, DWI=0.35, SWI=0.10),
-    "microbleed":  dict(T1=0.82, T1c=0.82, T2=0.40, FLAIR=0.55, PD=0.62, DWI=0.45, SWI=0.08),
     "haematoma":   dict(T1=1.00, T1c=1.00, T2=0.70, FLAIR=0.95, PD=0.85, DWI=0.50, SWI=0.25),
 }
 # The thin bright periventricular lining seen on FLAIR/T2 in healthy brains (not a lesion).
@@ -84,17 +99,33 @@ def normal_tissue(anat: Anatomy, modality: str, tissue: dict[str, float], vessel
     return img.astype(np.float32)
 
 
-def add_lesions(img: np.ndarray, parts, modality: str, lesion_table: dict) -> np.ndarray:
-    """Replace tissue by lesion compartments: img*(1-W) + sum_k w_k*a_k, W = sum_k w_k (<= 1)."""
+def parenchyma(anat: Anatomy, modality: str, tissue: dict[str, float]) -> np.ndarray:
+    """The parenchyma's own value in each voxel: GM and WM in their local proportion, with the
+    template's texture, without the CSF that shares the voxel (what altered tissue replaces)."""
+    m = anat.maps
+    par = m["gm"] + m["wm"]
+    gm_share = np.where(par > 1e-3, m["gm"] / np.maximum(par, 1e-3), 0.0)
+    value = gm_share * tissue["gm"] + (1 - gm_share) * tissue["wm"] + m["texture"] * TEXTURE[modality]
+    return np.maximum(value, 0).astype(np.float32)
+
+
+def add_lesions(img: np.ndarray, parts, modality: str, factors: dict, own: dict,
+                par_img: np.ndarray) -> np.ndarray:
+    """Replace tissue by lesion compartments (weights w_k, overlaps sharing the voxel):
+    img + sum_k w_k*(a_k - r_k). Altered tissue (LESION): a_k - r_k = (factors[k] - 1)*par_img, the
+    parenchyma's share changed by its factor; a signal of its own (OWN_SIGNAL): own[k] - img."""
     if not parts:
         return img
     total = np.zeros(img.shape, np.float32)
-    mixed = np.zeros(img.shape, np.float32)
+    delta = np.zeros(img.shape, np.float32)
     for key, box, weight in parts:
         total[box] += weight
-        mixed[box] += weight * lesion_table[key][modality]
+        if key in own:
+            delta[box] += weight * (own[key][modality] - img[box])
+        else:
+            delta[box] += weight * (factors[key][modality] - 1) * par_img[box]
     over = np.maximum(total, 1.0)   # overlapping compartments share the voxel
-    return img * (1 - total / over) + mixed / over
+    return img + delta / over
 
 
 def scanner_effects(img: np.ndarray, anat: Anatomy, sc: dict, rng: np.random.Generator,

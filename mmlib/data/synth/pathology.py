@@ -1,10 +1,10 @@
 """Lesion models of the twins: where lesions lie, their shapes, compartments and labels.
 
 Each model draws on a subject's Anatomy and returns Lesions: compartments (appearance key of
-contrast.LESION, bounding box, weight map) and the label as its release writes it. Weights
-are partial volume x conspicuity, so a lesion can be faint in one modality's mix yet labelled;
-labels are the partial volume thresholded at a per-lesion level on an outline perturbed
-independently of the intensity outline (raters do not follow the intensity edge exactly).
+contrast.LESION or contrast.OWN_SIGNAL, bounding box, weight map) and the label as its release
+writes it. Weights are partial volume x conspicuity, so a lesion can be faint in one modality's
+mix yet labelled; labels are the partial volume thresholded at a per-lesion level on an outline
+perturbed independently of the intensity outline (raters do not follow the intensity edge exactly).
 Parameters come from the manifest's `synth.lesions` mapping; defaults below are the paper
 databases' typical values.
 """
@@ -151,13 +151,18 @@ def glioma(anat: Anatomy, rng: np.random.Generator, p: dict, plan: dict) -> Lesi
     # core evaluated on the oedema's box
     core_full = np.zeros(cv.shape, np.float32)
     core_full[core.box] = core.soft(1.0, 1.5)
-    core_pv = core_full[box] * brain
+    # The tumour core is one region: BraTS's raters outline one core around the necrosis and the
+    # enhancing rim (Menze et al., IEEE TMI 2015). The rough outline's detached crumbs are not
+    # satellites: they leave the image and the label alike (oedema, if any, takes their place).
+    core_label = _largest((core_full[box] * brain > 0.5) & (brain > 0.5))
+    main = ndimage.binary_dilation(core_label, iterations=2)
+    core_pv = core_full[box] * brain * main
     nec_pv = np.zeros_like(core_pv)
     if plan["necrosis"]:
         rn = rng.uniform(0.3, 0.7)
         tmp = np.zeros(cv.shape, np.float32)
         tmp[core.box] = core.soft(rn, 2.0)
-        nec_pv = tmp[box] * brain
+        nec_pv = tmp[box] * brain * main
     rim = np.clip(core_pv - nec_pv, 0, 1)
     if plan["enhancing"]:
         share = sigmoid(2.5 * cv.hetero[box] + rng.uniform(-0.5, 1.5))
@@ -172,7 +177,6 @@ def glioma(anat: Anatomy, rng: np.random.Generator, p: dict, plan: dict) -> Lesi
     outline = sigmoid((1 - q_oed * (1 + 0.08 * cv.fine[box])) * r_oed * 4.4 / 2.0) > t
     # Raters include sulcal CSF inside the oedema but not the ventricles.
     oed_label = _largest(outline & (brain > 0.5) & (anat["vent"][box] < 0.5) & (par + anat["csf"][box] > 0.5))
-    core_label = (core_pv > 0.5) & (brain > 0.5)
     enh_label = core_label & ((rim * share) > 0.35)
     cv.mark(box, oed_label | core_label, values["oedema"])
     cv.mark(box, core_label, values["core"], over=(0, values["oedema"]))
@@ -205,7 +209,7 @@ def stroke(anat: Anatomy, rng: np.random.Generator, p: dict, plan: dict | None =
     """Ischaemic stroke: territorial (cortical wedge) and lacunar (deep) infarcts.
 
     p['stage'] 'chronic': CSF-like cavity with a gliotic rim (T1 dark); 'subacute': cytotoxic
-    oedema (DWI bright, FLAIR/T2 bright, T1 mildly dark). Label value p['label'] (1).
+    oedema (DWI bright, FLAIR/T2 bright, T1 dark). Label value p['label'] (1).
     """
     cv = _Canvas(anat, rng)
     chronic = p.get("stage", "chronic") == "chronic"

@@ -27,8 +27,8 @@ import numpy as np
 
 from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, load_manifest, manifest_dir
 from mmlib.data.synth.anatomy import Grid, load_template, make_grid, sample_anatomy, sample_geometry
-from mmlib.data.synth.contrast import (LESION, TISSUE, add_lesions, normal_tissue, scanner_effects,
-                                      susceptibility_artefact, vessel_map)
+from mmlib.data.synth.contrast import (LESION, OWN_SIGNAL, TISSUE, add_lesions, normal_tissue,
+                                      parenchyma, scanner_effects, susceptibility_artefact, vessel_map)
 from mmlib.data.synth.fields import smooth_noise
 from mmlib.data.synth.io import write_json, write_nifti
 from mmlib.data.synth.pathology import MODELS, PLANS
@@ -43,13 +43,16 @@ class TwinCase:
 
     images: canonical modality -> float32 (scanner units); label: uint8 in the release's values;
     brain: bool, the brain as preprocessing should find it (stripping mask or template brain);
-    wm: bool, nearly pure white matter (a reference tissue for contrast checks).
+    wm: bool, nearly pure white matter (a reference tissue for contrast checks);
+    tissue: float32 (3, X, Y, Z), the shares of CSF, GM and WM each brain voxel held before any
+    lesion (0 outside the brain): what a lesion voxel replaced.
     """
 
     images: dict[str, np.ndarray]
     label: np.ndarray
     brain: np.ndarray
     wm: np.ndarray
+    tissue: np.ndarray
     grid: Grid
     site: str
     info: dict
@@ -144,13 +147,16 @@ def generate_case(manifest: DatabaseManifest, voxel_mm: float, seed: int, index:
     vessels = vessel_map(anat, rng) if {"SWI", "T1c"} & set(manifest.modalities) else None
     thick_axis = int(np.argmax(spacing)) if spacing.max() > spacing.min() * 1.05 else None
     ratio = float(spacing.max() / spacing.min())
-    lesion_table = {key: _merge(v, spec.get("lesion_contrast", {}).get(key)) for key, v in LESION.items()}
+    # A manifest's `lesion_contrast` overrides factors (LESION) or signals (OWN_SIGNAL) by key.
+    factors = {key: _merge(v, spec.get("lesion_contrast", {}).get(key)) for key, v in LESION.items()}
+    own = {key: _merge(v, spec.get("lesion_contrast", {}).get(key)) for key, v in OWN_SIGNAL.items()}
     case_gain = sc_site["gain_value"] * float(np.exp(rng.normal(0, 0.1)))
     images = {}
     for mod in manifest.modalities:
         tissue = _merge(TISSUE[mod], spec.get("contrast", {}).get(mod))
         img = normal_tissue(anat, mod, tissue, vessels)
-        img = add_lesions(img, lesions.parts, mod, lesion_table)
+        if lesions.parts:
+            img = add_lesions(img, lesions.parts, mod, factors, own, parenchyma(anat, mod, tissue))
         sc = _merge(sc_site, spec.get("modalities", {}).get(mod))
         if mod == "DWI":
             img = img + sc.get("artefact", 0.6) * susceptibility_artefact(anat, rng)
@@ -166,8 +172,10 @@ def generate_case(manifest: DatabaseManifest, voxel_mm: float, seed: int, index:
         label = np.where(brain, label, 0).astype(np.uint8)
     else:
         brain = anat["brain"] > 0.5
-    return TwinCase(images=images, label=label, brain=brain, wm=(anat["wm"] > 0.9) & brain, grid=grid,
-                    site=str(site.get("name", "")), info=dict(lesions.info))
+    shares = np.stack([anat["csf"], anat["gm"], anat["wm"]]) * brain
+    return TwinCase(images=images, label=label, brain=brain, wm=(anat["wm"] > 0.9) & brain,
+                    tissue=shares.astype(np.float32), grid=grid, site=str(site.get("name", "")),
+                    info=dict(lesions.info))
 
 
 # --------------------------------------------------------------------------- writing
@@ -255,7 +263,7 @@ MARKER = ".mmlib_synth.json"
 #: Hidden file in a folder of twins made by `ensure_twins`: the settings they were made with.
 TWINS_MARKER = ".mmlib-twins.json"
 #: Bump when the generator's output changes: twins of another version are made again.
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2   # 2: lesions relative to the tissue they replace
 
 
 def _plain(obj):
