@@ -60,6 +60,9 @@ def agreement_section(results: pd.DataFrame, references: dict | None) -> list[st
     for name, run in (references or {}).items():
         table = agreement(results, run.results)
         if table.empty:
+            lines += [f"## This run beside reference run `{name}`", "",
+                      f"Not compared: the reference shares no model evaluated on the same test data (it was made "
+                      f"on other data, e.g. twins of another version, or trained other models).", ""]
             continue
         per_model = table.groupby("model")["agrees"].all()
         differs = int((~per_model).sum())
