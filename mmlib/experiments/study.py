@@ -4,7 +4,7 @@ A study folder holds:
 
     study.json                          layout version, preset and data root of the study
     data/  cache/                       synthetic twins (when no data root is given), preprocessing
-    models/<name>-s<seed>-<identity>/   final.pt, spec.json, losses.csv
+    models/<name>-s<seed>-<identity>/   final.pt, spec.json, losses.csv, training.json
     evaluations/<model folder>/<id>.csv result rows of one evaluation of one model
     results/<notebook>.csv              each notebook's rows, for reading
     figures/  notebooks/  findings.json  report.md
