@@ -1,6 +1,7 @@
 """`mmlib study`: run the numbered notebooks in order through papermill, then the findings.
 
-Each executed notebook is kept in <out>/notebooks/. A notebook that finished with the same
+Each executed notebook is kept in <out>/notebooks/ (05_explore too: its widgets' static snapshots
+are what a reader of the executed copy sees). A notebook that finished with the same
 parameters is not run again (a re-run resumes); models and caches are reused in any case.
 A failing notebook stops the run, naming the notebook, the cell and the error.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from mmlib.errors import MMLibError
 
 NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",
-             "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "99_findings")
+             "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "05_explore", "99_findings")
 
 
 def notebooks_dir() -> Path:
