@@ -12,6 +12,7 @@ study does not run under torchrun: its jobs get their GPUs from the executor ins
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -21,6 +22,8 @@ from mmlib.errors import MMLibError
 
 NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",
              "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "05_explore", "99_findings")
+#: ipykernel's own default backend: figures become outputs of the cell that drew them.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 def notebooks_dir() -> Path:
@@ -45,18 +48,19 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
                          "`torchrun ... -m mmlib joint`")
     config = {"executor": executor} if isinstance(executor, str) else executor
     executor_from_config(config, "the executor configuration")  # refused before anything runs
-    before = os.environ.get(EXECUTOR_ENV)
-    if config is not None:
-        import json
-
-        os.environ[EXECUTOR_ENV] = json.dumps(config)
+    # What the kernels inherit: the executor, and figures drawn inline whatever the shell sets
+    # (MPLBACKEND=Agg, usual on servers, would leave every figure out of the executed notebooks).
+    kernel_env = {"MPLBACKEND": INLINE_BACKEND, **({EXECUTOR_ENV: json.dumps(config)} if config is not None else {})}
+    before = {key: os.environ.get(key) for key in kernel_env}
+    os.environ.update(kernel_env)
     try:
         return _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress)
     finally:
-        if before is None:
-            os.environ.pop(EXECUTOR_ENV, None)
-        else:
-            os.environ[EXECUTOR_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress) -> dict:
