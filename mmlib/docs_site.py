@@ -152,7 +152,7 @@ def notebook_page(nb: dict, run: ReferenceRun, name: str) -> dict:
     took = f" · this notebook {seconds / 60:.1f} min" if seconds is not None else ""
     line = (f"> Executed in reference run **{run.name}**: preset `{p['preset']}` · {p['device']} · "
             f"commit `{str(p['commit'])[:10]}` · wall time {p['wall_time']}{took} · {p['date']}. "
-            f"[Its report](report.md).")
+            f"[Its report](report.html).")  # a notebook's markdown is rendered as it is: the page's own name
     cells = nb.setdefault("cells", [])
     first = cells[0] if cells and cells[0].get("cell_type") == "markdown" else None
     text = "".join(first["source"]) if first else ""
