@@ -39,7 +39,9 @@ SITE_MARK = ".mmlib-site"
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _WIDGET_NOTE = ("*An interactive widget: it answers in JupyterLab (run the notebook there); the static "
                 "pictures below show it as it opens.*")
-_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|"
+#: Scripts nbconvert's template adds that would load from a CDN (MathJax, mermaid; no page uses them), and
+#: MathJax's empty `src=""` where no CDN is given.
+_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"'](?:https?://[^\"']*)?[\"'][^>]*>\s*</script>|"
                             r"<script\b[^>]*>(?:(?!</script>).)*?import\(\"https?://(?:(?!</script>).)*</script>",
                             re.S | re.I)
 
@@ -197,7 +199,9 @@ def mkdocs_config(src: Path, out: Path, nav: list) -> dict:
         "theme": {"name": "material", "font": False, "features": ["navigation.sections", "content.code.copy"]},
         "plugins": ["search", "offline",
                     {"mkdocs-jupyter": {"include": ["*.ipynb"], "execute": False, "include_source": False,
-                                        "include_requirejs": False}},
+                                        "include_requirejs": False,
+                                        # papermill's copy of the parameters: the line on top names the preset
+                                        "remove_tag_config": {"remove_cell_tags": ["injected-parameters"]}}},
                     {"mkdocstrings": {"default_handler": "python", "handlers": {"python": {
                         "paths": [str(REPO)], "options": {
                             "show_source": False, "members_order": "source", "filters": ["!^_"],
