@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -65,7 +66,7 @@ def build_site(out: Path, reference_dir: Path = REFERENCE_DIR) -> Path:
         config = Path(tmp) / "mkdocs.yml"
         config.write_text(yaml.safe_dump(mkdocs_config(src, out, nav), sort_keys=False, allow_unicode=True))
         done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--clean", "--quiet", "-f", str(config)],
-                              capture_output=True, text=True, cwd=tmp)
+                              capture_output=True, text=True, cwd=tmp, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
         if done.returncode != 0:
             raise MMLibError(f"mkdocs build failed: {(done.stderr or done.stdout).strip()[-2000:]}", config)
     (out / SITE_MARK).write_text("made by `mmlib docs`; the next build replaces this folder\n")
@@ -199,7 +200,7 @@ def mkdocs_config(src: Path, out: Path, nav: list) -> dict:
         "theme": {"name": "material", "font": False, "features": ["navigation.sections", "content.code.copy"]},
         "plugins": ["search", "offline",
                     {"mkdocs-jupyter": {"include": ["*.ipynb"], "execute": False, "include_source": False,
-                                        "include_requirejs": False,
+                                        "include_requirejs": False, "cache": False,
                                         # papermill's copy of the parameters: the line on top names the preset
                                         "remove_tag_config": {"remove_cell_tags": ["injected-parameters"]}}},
                     {"mkdocstrings": {"default_handler": "python", "handlers": {"python": {

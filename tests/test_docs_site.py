@@ -24,6 +24,7 @@ from PIL import Image
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_reference import fake_study
 
+from mmlib.cli import main
 from mmlib.docs_site import SITE_MARK, build_site, notebook_page, readme_sections, run_it_yourself
 from mmlib.errors import MMLibError
 from mmlib.experiments.executed_notebooks import MAX_SIDE_PX, shrink_png
@@ -117,10 +118,10 @@ def test_a_heading_inside_a_code_block_starts_no_section():
     assert list(sections) == ["A", "B"] and "## not a heading" in sections["A"]
 
 
-def test_the_site_refuses_to_replace_a_folder_that_is_not_a_site(tmp_path):
+def test_mmlib_docs_refuses_to_replace_a_folder_that_is_not_a_site(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(MMLibError, match="not an earlier mmlib site"):
-        build_site(tmp_path)
+    assert main(["docs", "--out", str(tmp_path)]) == 2
+    assert "not an earlier mmlib site" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
