@@ -178,11 +178,12 @@ def api_pages(folder: Path) -> list:
     pages = []
     for title, package in API_PACKAGES.items():
         path = REPO.joinpath(*package.split("."))
-        modules = [package] * (package != "mmlib") + [
-            f"{package}.{p.stem}" for p in sorted(path.glob("*.py"))
-            if not p.stem.startswith("_") and not (p.stem == "cli" and package == "mmlib")]
+        modules = [f"{package}.{p.stem}" for p in sorted(path.glob("*.py"))
+                   if not p.stem.startswith("_") and not (p.stem == "cli" and package == "mmlib")]
         slug = title.replace(" ", "-")
         body = [f"# API: {title} (`{package}`)", ""]
+        if package != "mmlib":  # the package's docstring only: what it re-exports is shown in its module
+            body.append(f"::: {package}\n    options:\n      members: false")
         body += [f"::: {m}" for m in modules]
         (folder / f"{slug}.md").write_text("\n\n".join(body) + "\n", encoding="utf-8")
         pages.append({title: f"api/{slug}.md"})
