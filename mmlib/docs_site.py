@@ -11,6 +11,7 @@ internet: no web fonts, no scripts from a CDN (removed where nbconvert's templat
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
 import os
@@ -46,6 +47,9 @@ _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"'](?:https?://[^\"']*)?[\"'
                             r"<script\b[^>]*>(?:(?!</script>).)*?import\(\"https?://(?:(?!</script>).)*</script>",
                             re.S | re.I)
 
+_INLINE_STYLE = re.compile(r'<style type="text/css">(.*?)</style>', re.S)
+_SHARED_STYLE_CHARS = 20_000
+
 
 def build_site(out: Path, reference_dir: Path = REFERENCE_DIR) -> Path:
     """Write the site into `out` (replaced) from the reference runs in `reference_dir`; return the path
@@ -72,10 +76,27 @@ def build_site(out: Path, reference_dir: Path = REFERENCE_DIR) -> Path:
     (out / SITE_MARK).write_text("made by `mmlib docs`; the next build replaces this folder\n")
     for page in out.rglob("*.html"):
         html = page.read_text(encoding="utf-8")
-        kept = _REMOTE_SCRIPT.sub("", html)
+        kept = _shared_styles(_REMOTE_SCRIPT.sub("", html), page, out)
         if kept != html:
             page.write_text(kept, encoding="utf-8")
     return out / "index.html"
+
+
+def _shared_styles(html: str, page: Path, out: Path) -> str:
+    """The page with each large inline stylesheet moved to one file in assets/ that every page links:
+    mkdocs-jupyter inlines the same 0.5 MB of notebook CSS (data: URLs only) in every notebook page."""
+
+    def link(match: re.Match) -> str:
+        css = match.group(1)
+        if len(css) < _SHARED_STYLE_CHARS:
+            return match.group(0)
+        target = out / "assets" / "stylesheets" / f"notebook-{hashlib.sha1(css.encode()).hexdigest()[:12]}.css"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(css, encoding="utf-8")
+        return f'<link rel="stylesheet" href="{Path(os.path.relpath(target, page.parent)).as_posix()}">'
+
+    return _INLINE_STYLE.sub(link, html)
 
 
 def write_pages(src: Path, runs: dict[str, ReferenceRun]) -> list:

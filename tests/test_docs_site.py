@@ -179,6 +179,9 @@ def test_the_site_has_every_page_and_notebook_pages_show_their_figures(site):
     assert (out / "reference" / "smoke-test" / "02_joint_training.html").read_text().count("data:image/png") > 0
     assert "MultiUNet" in (out / "api" / "models.html").read_text()
     assert (out / SITE_MARK).is_file()
+    # mkdocs-jupyter's 0.5 MB of notebook CSS is one shared file, not a copy in every notebook page.
+    assert len(list((out / "assets" / "stylesheets").glob("notebook-*.css"))) == 1
+    assert all((out / "reference" / "smoke-test" / f"{n}.html").stat().st_size < 400_000 for n in KEPT)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"site built in {seconds:.0f} s, {size / 2**20:.1f} MiB")
 
