@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmlib.experiments.findings import evaluate_findings
 from mmlib.experiments.protocol import deviation_line, deviations
 from mmlib.experiments.study import Study
 
@@ -119,8 +120,6 @@ def reading(findings: dict, *names: str) -> str:
 def show_reading(results: pd.DataFrame, *names: str) -> dict:
     """Show findings `names` read off `results` (`reading`), under the table they come from; return
     the findings judged (notebook 99 shows all of them beside the reference runs)."""
-    from mmlib.experiments.findings import evaluate_findings
-
     findings = evaluate_findings(results)
     _display(_markdown(reading(findings, *names)))
     return findings
