@@ -159,7 +159,8 @@ def run_pages(folder: Path, run: ReferenceRun) -> list:
     if not notebooks:
         (folder / "notebooks.md").write_text(
             f"# Notebooks of reference run {run.name}\n\n"
-            f"This reference run kept no executed notebooks: it was saved before `mmlib reference` kept them. "
+            f"This reference run kept no executed notebooks: it was saved before `mmlib reference` kept a "
+            f"study's notebooks, or from a study that ran none. "
             f"Its tables and findings are in its [report](report.md). To see the notebooks with their outputs, "
             f"run the study ([Run it yourself](../../run-it-yourself.md)); a run saved with `mmlib reference` "
             f"now keeps them.\n\n*{run.label()}.*\n", encoding="utf-8")
