@@ -1,4 +1,4 @@
-"""The `mmlib` command: synth, check, joint, study, reference, predict, export.
+"""The `mmlib` command: synth, check, joint, study, reference, predict, export, docs.
 
 Exit codes: 0 done; 2 refused input or, for `check`, problems found in the database; 3 `check`
 could not run (no manifest, no root folder); 130 interrupted. Errors are one line naming the
@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from mmlib.errors import MMLibError
@@ -231,6 +232,15 @@ def _cmd_export(args) -> int:
     from mmlib.engine.bundle import export_bundle
 
     print(f"MONAI bundle written to {export_bundle(args.checkpoint, Path(args.bundle))}")
+
+
+def _cmd_docs(args) -> int:
+    from mmlib.docs_site import build_site
+
+    t0 = time.perf_counter()
+    home = build_site(Path(args.out), *([Path(args.reference_dir)] if args.reference_dir else []))
+    size = sum(f.stat().st_size for f in home.parent.rglob("*") if f.is_file())
+    print(f"site written to {home.parent} in {time.perf_counter() - t0:.0f} s ({size / 2**20:.1f} MiB); open {home}")
     return 0
 
 
@@ -270,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor_options(p)
     p.set_defaults(func=_cmd_joint)
 
-    p = sub.add_parser("study", help="run the study notebooks (00-04, 99) through papermill")
+    p = sub.add_parser("study", help="run the study notebooks (00-05, 99) through papermill")
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", default="runs/study")
     p.add_argument("--data-root", help="folder holding the databases as NAME/ (default: $MMLIB_DATA_ROOT, else each "
@@ -307,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="an mmlib checkpoint or the authors' .pth")
     p.add_argument("--bundle", required=True, help="the bundle folder to write")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("docs", help="build the study's static site (README, reference runs' reports and executed "
+                                    "notebooks, architecture, API), offline, without training anything")
+    p.add_argument("--out", default="site", help="the site's folder (replaced)")
+    p.add_argument("--reference-dir", help="the reference runs to show (default: the shipped ones, mmlib/reference)")
+    p.set_defaults(func=_cmd_docs)
     return parser
 
 

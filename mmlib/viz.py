@@ -136,3 +136,31 @@ def plot_learning_curves(curves: pd.DataFrame, columns: int = 4):
     fig.tight_layout()
     return fig
 
+def plot_beside_paper(table: pd.DataFrame, title: str = "", metric: str = "Dice"):
+    """A table of the paper built beside ours (`TableSpec.side_by_side`: rows (row, source), one
+    column per cell of the paper, a `seeds` column) as bars: one panel per column, one group per
+    row, our bar (and each reference run's) beside the paper's, hatched. A missing cell has no bar."""
+    columns = [c for c in table.columns if (c[0] if isinstance(c, tuple) else c) != "seeds"]
+    rows = list(dict.fromkeys(table.index.get_level_values(0)))
+    sources = list(dict.fromkeys(table.index.get_level_values(1)))
+    light = iter(["#9ecae1", "#a1d99b", "#fdae6b", "#bcbddc"] * len(sources))  # one per reference run
+    colours = {s: ("#1f77b4" if s == "ours" else "#bbbbbb" if s == "paper" else next(light)) for s in sources}
+    height = 0.8 / len(sources)
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns) + 1.6, 0.28 * len(rows) * len(sources) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for j, source in enumerate(sources):
+            values = [table[column].get((row, source), float("nan")) for row in rows]
+            ax.barh([i + j * height for i in range(len(rows))], values, height=height, color=colours[source],
+                    hatch="//" if source == "paper" else None, edgecolor="white", label=source)
+        ax.set_xlim(0, 1)
+        ax.set_title(" ".join(map(str, column)) if isinstance(column, tuple) else str(column), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(metric, fontsize=7)
+    axes[0, 0].set_yticks([i + height * (len(sources) - 1) / 2 for i in range(len(rows))], rows)
+    axes[0, 0].invert_yaxis()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(sources), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

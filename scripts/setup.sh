@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs mmlib (editable, with its notebook and test extras) into a virtual environment,
+# Installs mmlib (editable, with its notebook, test and docs extras) into a virtual environment,
 # .venv in the repository (MMLIB_VENV=DIR for another place), never into the system Python.
 # The environment sees the system's packages (--system-site-packages), so a torch already
 # installed there (a CUDA build on a GPU machine) is used as it is; otherwise the CPU build is
@@ -21,7 +21,7 @@ fi
 # What the install depends on; the same stamp means there is nothing to do.
 stamp="$VENV/.mmlib-setup"
 want="$(cat pyproject.toml scripts/setup.sh | cksum) $(pwd)"
-installed='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("mmlib", "torch", "playwright"))))'
+installed='import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("mmlib", "torch", "playwright", "mkdocs"))))'
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$PY" -c "$installed" 2>/dev/null; then
   echo "setup.sh: mmlib already installed in $VENV"
 else

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmlib.experiments.findings import evaluate_findings
 from mmlib.experiments.protocol import deviation_line, deviations
 from mmlib.experiments.study import Study
 
@@ -117,4 +118,32 @@ def show_learning(study: Study) -> list[dict]:
     return records
 
 
-__all__ = ["open_study", "show_learning", "deviations_frame", "database_table", "figure_path", "show_table", "show_findings"]
+def reading(findings: dict, *names: str) -> str:
+    """Findings `names` ('F3') of `evaluate_findings` in words: per clause our effect, its 95% interval
+    and verdict, beside the paper's effect measured the same way."""
+    lines = []
+    for name in names:
+        f = findings[name]
+        lines += [f"**{name} at this preset: {f['verdict']}** (the paper's own numbers: {f['paper_verdict']}).", ""]
+        for ours, paper in zip(f["clauses"], f["paper"]):
+            c = ours.clause
+            measured = ("untested (a model it needs was not run)" if ours.effect is None else
+                        f"{ours.effect:+.3f}" + ("" if ours.low is None else f" [{ours.low:+.3f}, {ours.high:+.3f}]")
+                        + f", **{ours.verdict}**")
+            theirs = "" if paper.effect is None else f"; the paper {paper.effect:+.3f}"
+            notes = f" ({ours.notes()})" if ours.notes() else ""  # models that did not learn or converge
+            lines.append(f"- {c.key.removeprefix(name + ' ')} (claim {c.side} {c.threshold:g}): {measured}{notes}{theirs}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def show_reading(results: pd.DataFrame, *names: str) -> dict:
+    """Show findings `names` read off `results` (`reading`), under the table they come from; return
+    the findings judged (notebook 99 shows all of them beside the reference runs)."""
+    findings = evaluate_findings(results)
+    _display(_markdown(reading(findings, *names)))
+    return findings
+
+
+__all__ = ["open_study", "show_learning", "deviations_frame", "database_table", "figure_path", "show_table",
+           "show_findings", "reading", "show_reading"]

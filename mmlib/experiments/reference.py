@@ -3,7 +3,8 @@ with their provenance (commit, device, preset, wall time), shown beside a user's
 labelled as reference: in report.md, notebook 99 and the results explorer.
 
 Each lives in mmlib/reference/<name>/: provenance.json, results.csv.gz (the study's current rows),
-findings.json and report.md. `save_reference` writes one from a finished study folder.
+findings.json, report.md and notebooks/ (the study's executed notebooks with their outputs, pictures
+shrunk; absent when it kept none). `save_reference` writes one from a finished study folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mmlib.errors import MMLibError
+from mmlib.experiments.executed_notebooks import keep_executed_notebooks
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
 _PROVENANCE_KEYS = ("preset", "commit", "device", "wall_time", "date")
@@ -144,8 +146,8 @@ def current_commit(repo: Path | None = None) -> str:
 
 
 def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DIR, **provenance) -> Path:
-    """Write a finished study's rows, findings and report as reference run `name` (replacing one of
-    that name); returns its folder."""
+    """Write a finished study's rows, findings, report and executed notebooks as reference run `name`
+    (replacing one of that name); returns its folder."""
     from mmlib.experiments.findings import evaluate_findings, findings_json
     from mmlib.experiments.report import study_report
 
@@ -169,6 +171,7 @@ def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DI
     (tmp / "learning.json").write_text(json.dumps(records, indent=1))
     (tmp / "report.md").write_text(study_report(study.out_dir, study.preset, results,
                                                 title=f"Reference run {name}", provenance=info, records=records))
+    keep_executed_notebooks(Path(study.out_dir), tmp / "notebooks")
     final = Path(folder) / name
     if final.exists():
         shutil.rmtree(final)

@@ -1,6 +1,7 @@
 """`mmlib study`: run the numbered notebooks in order through papermill, then the findings.
 
-Each executed notebook is kept in <out>/notebooks/. A notebook that finished with the same
+Each executed notebook is kept in <out>/notebooks/ (05_explore too: its widgets' static snapshots
+are what a reader of the executed copy sees). A notebook that finished with the same
 parameters is not run again (a re-run resumes); models and caches are reused in any case.
 A failing notebook stops the run, naming the notebook, the cell and the error.
 
@@ -11,6 +12,7 @@ study does not run under torchrun: its jobs get their GPUs from the executor ins
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict
@@ -19,7 +21,9 @@ from pathlib import Path
 from mmlib.errors import MMLibError
 
 NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",
-             "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "99_findings")
+             "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "05_explore", "99_findings")
+#: ipykernel's own default backend: figures become outputs of the cell that drew them.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 def notebooks_dir() -> Path:
@@ -44,18 +48,19 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
                          "`torchrun ... -m mmlib joint`")
     config = {"executor": executor} if isinstance(executor, str) else executor
     executor_from_config(config, "the executor configuration")  # refused before anything runs
-    before = os.environ.get(EXECUTOR_ENV)
-    if config is not None:
-        import json
-
-        os.environ[EXECUTOR_ENV] = json.dumps(config)
+    # What the kernels inherit: the executor, and figures drawn inline whatever the shell sets
+    # (MPLBACKEND=Agg, usual on servers, would leave every figure out of the executed notebooks).
+    kernel_env = {"MPLBACKEND": INLINE_BACKEND, **({EXECUTOR_ENV: json.dumps(config)} if config is not None else {})}
+    before = {key: os.environ.get(key) for key in kernel_env}
+    os.environ.update(kernel_env)
     try:
         return _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress)
     finally:
-        if before is None:
-            os.environ.pop(EXECUTOR_ENV, None)
-        else:
-            os.environ[EXECUTOR_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress) -> dict:
