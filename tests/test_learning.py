@@ -182,7 +182,10 @@ def test_a_curve_still_rising_in_its_last_quarter_has_not_converged():
 
 def test_a_model_at_or_below_the_label_free_floor_did_not_learn():
     zero = judge_learning(_curve([0.0] * 8), {"A": 0.0}, [1.0] * 80)
-    assert zero.learnt is False and "not above the floor" in zero.reason
+    assert zero.learnt is False and "not learnt on A 0.000 vs floor 0.000" in zero.reason
+    barely = judge_learning(_curve([0.003] * 8), {"A": 0.0}, [0.9] * 80)  # a rule that finds nothing: floor 0
+    assert barely.learnt is False
+    assert judge_learning(_curve([0.03] * 8), {"A": 0.0}, [0.9] * 80).learnt is True
     nan = judge_learning(_curve([0.5] * 8), {"A": 0.0}, [float("nan")] * 80, finite=True)
     assert nan.finite is False and nan.learnt is False
 
@@ -227,10 +230,15 @@ def test_all_zero_models_leave_every_clause_that_reads_them_untested():
     assert all(j.verdict == "untested" for f in findings.values() for j in f["clauses"])
 
 
+def test_the_learnt_rule_is_applied_to_the_recorded_numbers_as_it_stands_now():
+    rows = _f2_rows(0.6, 0.6, learnt=True, val_dice=0.051, val_floor=0.05)  # recorded 'learnt' by an older rule
+    assert _f2(rows).verdict == "untested"
+
+
 def test_a_model_recorded_as_not_learnt_makes_the_clause_untested_with_the_reason():
     rows = _f2_rows(0.6, 0.6, learnt=False, val_dice=0.01, val_floor=0.05)
     judged = _f2(rows)
-    assert judged.verdict == "untested" and "0.010 not above the label-free floor 0.050" in judged.notes()
+    assert judged.verdict == "untested" and "0.010 not more than 0.02 above the label-free floor 0.050" in judged.notes()
 
 
 def test_a_comparison_of_models_that_had_not_converged_keeps_its_verdict_and_says_so():

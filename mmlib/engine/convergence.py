@@ -2,8 +2,11 @@
 (never its test cases), and one rule, stated here once, for whether it had stopped improving.
 
 A model *learnt* a database when its weights are finite and its final validation Dice there beats
-the label-free floor (the intensity-outlier rule, mmlib.engine.baselines) on the same cases; it
-learnt as a whole when its mean validation Dice over its databases beats the floor's mean. It *converged* when the last quarter of training raised its validation Dice (the mean
+the label-free floor (the intensity-outlier rule, mmlib.engine.baselines) on the same cases by more
+than `LEARNT_MARGIN` (where the rule finds nothing its floor is 0, and a model at Dice 0.003 has
+learnt nothing either); it learnt as a whole when its mean over its databases does so against the
+floor's mean. The verdicts are taken again from the recorded numbers whenever they are read, so
+they always follow the rule stated here. It *converged* when the last quarter of training raised its validation Dice (the mean
 over its databases) by less than `MIN_GAIN`. The findings are judged only on models that learnt,
 and say so where the models compared had not converged (mmlib.experiments.findings).
 """
@@ -22,6 +25,10 @@ LAST_SHARE = 0.25
 MIN_GAIN = 0.01
 RULE = (f"converged: the last {LAST_SHARE:.0%} of training raised the validation Dice (mean over the "
         f"model's databases, on cases held out from its training set) by less than {MIN_GAIN}")
+#: How far above the label-free floor a validation Dice must be for the model to have learnt.
+LEARNT_MARGIN = 0.02
+LEARNT_RULE = (f"learnt: the final validation Dice beats the label-free floor on the same cases by more than "
+               f"{LEARNT_MARGIN}")
 #: Share of the steps at the end whose mean loss is the model's final loss.
 FINAL_LOSS_SHARE = 0.05
 
@@ -73,6 +80,24 @@ def final_loss(losses: list[float]) -> float | None:
     return float(np.mean(losses[-n:]))
 
 
+def beats_floor(dice, floor) -> bool:
+    """The learnt rule on one pair of numbers (NaN or None never learnt)."""
+    try:
+        dice, floor = float(dice), float(floor)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(dice) and np.isfinite(floor) and dice > floor + LEARNT_MARGIN)
+
+
+def judge_record(record: dict) -> Learning:
+    """The verdict of a training record (training.json) by the rules as they stand now, from its
+    recorded numbers (validation curve, floor, final loss)."""
+    learning = record.get("learning") or {}
+    loss = learning.get("final_loss")
+    return judge_learning(record.get("validation") or [], record.get("floor") or {}, [] if loss is None else [loss],
+                          finite=learning.get("finite", True))
+
+
 def judge_learning(curve: list[dict], floor: dict[str, float], losses: list[float], finite: bool = True) -> Learning:
     """The record's verdict. `curve`: [{'step': s, 'dice': {database: Dice}}] in step order."""
     loss = final_loss(losses)
@@ -82,22 +107,23 @@ def judge_learning(curve: list[dict], floor: dict[str, float], losses: list[floa
         return Learning(True, None, None, loss, None, None, "no validation curve recorded")
     last = curve[-1]
     dice = _mean(last["dice"])
-    per_db = {db: {"dice": float(v), "floor": float(floor.get(db, 0.0)),
-                   "learnt": bool(np.isfinite(v) and v > floor.get(db, 0.0))} for db, v in last["dice"].items()}
-    learnt = bool(np.isfinite(dice) and dice > _mean({db: p["floor"] for db, p in per_db.items()}))
-    below = [f"{db} {p['dice']:.3f} <= floor {p['floor']:.3f}" for db, p in per_db.items() if not p["learnt"]]
+    per_db = {db: {"dice": float(v), "floor": float(floor.get(db, 0.0)), "learnt": beats_floor(v, floor.get(db, 0.0))}
+              for db, v in last["dice"].items()}
+    learnt = beats_floor(dice, _mean({db: p["floor"] for db, p in per_db.items()}))
+    below = [f"{db} {p['dice']:.3f} vs floor {p['floor']:.3f}" for db, p in per_db.items() if not p["learnt"]]
     total = last["step"]
     start = min(curve, key=lambda p: abs(p["step"] - (1 - LAST_SHARE) * total))
     gain = dice - _mean(start["dice"]) if start is not last else None
     converged = None if gain is None else bool(gain < MIN_GAIN)
-    reasons = ["learnt (validation Dice above the label-free floor)" if learnt else
-               "did not learn (validation Dice not above the label-free floor)"]
+    reasons = [f"learnt (validation Dice more than {LEARNT_MARGIN} above the label-free floor)" if learnt else
+               f"did not learn (validation Dice not more than {LEARNT_MARGIN} above the label-free floor)"]
     if below:
-        reasons.append(f"not above the floor on {'; '.join(below)}")
+        reasons.append(f"not learnt on {'; '.join(below)}")
     if gain is not None:
         reasons.append(f"validation Dice {'+' if gain >= 0 else ''}{gain:.3f} over the last quarter: "
                        f"{'converged' if converged else 'still improving'}")
     return Learning(True, learnt, converged, loss, dice, gain, "; ".join(reasons), per_db)
 
 
-__all__ = ["RULE", "LAST_SHARE", "MIN_GAIN", "Validation", "Learning", "judge_learning", "final_loss"]
+__all__ = ["RULE", "LAST_SHARE", "MIN_GAIN", "LEARNT_MARGIN", "LEARNT_RULE", "Validation", "Learning", "beats_floor",
+           "judge_learning", "judge_record", "final_loss"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmlib.engine.convergence import RULE
+from mmlib.engine.convergence import LEARNT_RULE, RULE, judge_record
 from mmlib.errors import MMLibError
 from mmlib.io import atomic_write_json
 
@@ -43,7 +43,7 @@ def learning_frame(records: list[dict]) -> pd.DataFrame:
     Dice beside the label-free floor, learnt, gain over the last quarter, converged, and why."""
     rows = []
     for r in records:
-        learning = r.get("learning") or {}
+        learning = judge_record(r).to_json()
         floors = [p["floor"] for p in (learning.get("databases") or {}).values()]
         rows.append({"model": r.get("name") or r["model_id"], "steps": r.get("steps"),
                      "precision": r.get("precision_note") or r.get("precision", ""),
@@ -69,10 +69,11 @@ def learning_summary(records: list[dict]) -> str:
     """One sentence: how many models learnt and converged, by the rule stated once."""
     if not records:
         return "No model of this run kept a training record."
-    learnt = sum(bool((r.get("learning") or {}).get("learnt")) for r in records)
-    converged = sum(bool((r.get("learning") or {}).get("converged")) for r in records)
+    verdicts = [judge_record(r) for r in records]
+    learnt = sum(bool(v.learnt) for v in verdicts)
+    converged = sum(bool(v.converged) for v in verdicts)
     fell_back = sum(r.get("fallback") is not None for r in records)
-    text = (f"{learnt} of {len(records)} models learnt (validation Dice above the label-free floor) and "
+    text = (f"{learnt} of {len(records)} models learnt ({LEARNT_RULE}) and "
             f"{converged} of {len(records)} converged ({RULE}).")
     if fell_back:
         text += f" {fell_back} fell back to float32 after a non-finite value under reduced precision."

@@ -33,7 +33,7 @@ from mmlib.data.manifest import DatabaseManifest, load_manifest
 from mmlib.engine import distributed
 from mmlib.engine.predict import study_preprocessing
 from mmlib.errors import MMLibError
-from mmlib.engine.convergence import Validation
+from mmlib.engine.convergence import Validation, judge_record
 from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash, single_test_modality
 from mmlib.presets import Preset, load_preset
 
@@ -417,7 +417,7 @@ def learning_columns(record: dict, database: str) -> dict:
     learnt that database (above the label-free floor on its validation cases; for a database it
     never trained on: learnt as a whole), converged ('' where unknown), that validation Dice and
     floor, and the precision it trained in."""
-    learning = record.get("learning") or {}
+    learning = judge_record(record).to_json() if record else {}
     own = (learning.get("databases") or {}).get(database)
 
     def flag(value) -> object:
