@@ -235,6 +235,17 @@ def test_the_learnt_rule_is_applied_to_the_recorded_numbers_as_it_stands_now():
     assert _f2(rows).verdict == "untested"
 
 
+def test_on_a_database_it_never_saw_a_model_is_judged_by_its_own_databases_numbers():
+    rows = _f2_rows(0.6, 0.6, learnt=True, val_dice=0.04, val_floor=0.03)  # own databases: not learnt
+    unseen = pd.DataFrame(_rows("joint", "MD", "TUMOR2", "T1", 0.5, learnt=True, drop=True,
+                                train_databases="BRATS+ATLAS+MSSEG+TBI+WMH"))
+    from mmlib.experiments.findings import model_states
+    from mmlib.experiments.tables import tidy_results
+
+    states = model_states(tidy_results(pd.concat([rows, unseen], ignore_index=True)))
+    assert states[("joint", "TUMOR2")].learnt is False
+
+
 def test_a_model_recorded_as_not_learnt_makes_the_clause_untested_with_the_reason():
     rows = _f2_rows(0.6, 0.6, learnt=False, val_dice=0.01, val_floor=0.05)
     judged = _f2(rows)

@@ -255,12 +255,20 @@ def model_states(df: pd.DataFrame) -> dict[tuple[str, str], ModelState]:
     silent = rows.groupby("model_id")["dice"].apply(lambda d: bool((d.fillna(0) == 0).all()))
     cols = [c for c in ("learnt", "converged", "val_dice", "val_floor") if c in rows]
     first = rows.groupby(["model_id", "database"], sort=False)[cols].first() if cols else None
+    # A model as a whole (for a database it never trained on): its own databases' numbers, averaged.
+    whole: dict[str, bool] = {}
+    if first is not None and {"val_dice", "val_floor"} <= set(cols):
+        pairs = first[[_finite(d) and _finite(f) for d, f in zip(first["val_dice"], first["val_floor"])]]
+        for model, part in pairs.groupby(level="model_id"):
+            whole[model] = beats_floor(part["val_dice"].astype(float).mean(), part["val_floor"].astype(float).mean())
     states = {}
     for model, db in rows.groupby(["model_id", "database"], sort=False).groups:
         rec = first.loc[(model, db)] if first is not None else {}
         learnt, converged = _flag(rec.get("learnt")), _flag(rec.get("converged"))
         if _finite(rec.get("val_dice")) and _finite(rec.get("val_floor")):
             learnt = beats_floor(rec.get("val_dice"), rec.get("val_floor"))  # the rule as it stands now
+        elif model in whole:
+            learnt = whole[model]
         if learnt is None and silent.get(model, False):
             learnt, why = False, "predicts no lesion on any test case"
         elif learnt is False:
