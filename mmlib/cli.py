@@ -232,6 +232,7 @@ def _cmd_export(args) -> int:
     from mmlib.engine.bundle import export_bundle
 
     print(f"MONAI bundle written to {export_bundle(args.checkpoint, Path(args.bundle))}")
+    return 0
 
 
 def _cmd_docs(args) -> int:
