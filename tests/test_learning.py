@@ -82,6 +82,25 @@ def test_a_nan_under_autocast_goes_back_to_the_last_finite_state_and_trains_in_f
     assert precision.state_finite(torch.load(tmp_path / "final.pt", weights_only=True)["model"])
 
 
+def test_a_nan_under_autocast_after_a_checkpoint_goes_back_to_that_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "amp_dtype", lambda device=None: torch.bfloat16)
+    passed = precision.PrecisionCheck(True, "passed", "test CPU")
+    monkeypatch.setattr(train_module, "checked_dtype", lambda model, dtype, device, crop: (dtype, passed))
+    real, calls = train_module.dice_loss, [0]
+
+    def nan_in_bf16_from_step_5(logits, *args, **kwargs):
+        calls[0] += 1
+        value = real(logits, *args, **kwargs)
+        return value * float("nan") if logits.dtype == torch.bfloat16 and calls[0] >= 5 else value
+
+    monkeypatch.setattr(train_module, "dice_loss", nan_in_bf16_from_step_5)
+    with pytest.warns(UserWarning, match="going back to step 4"):
+        result = run(tmp_path, 8, amp=True, checkpoint_every=4)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["fallback"]["resumed_at"] == 4 and record["precision"] == "float32"
+    assert len(result.losses) == 8 and all(np.isfinite(result.losses))
+
+
 def test_a_checkpoint_with_nan_weights_is_refused_naming_the_file(tmp_path):
     net = build_model("multiunet", 3, 0.25)
     with torch.no_grad():

@@ -133,6 +133,7 @@ class TrainStep:
 
     def use_float32(self, why: str) -> None:
         """Train in float32 from now on (a failed self-check, or a non-finite value under autocast)."""
+        self._autocast_tried = True
         self.dtype, self.note = None, f"float32 ({why})"
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
@@ -267,7 +268,6 @@ def train(
         for key in log:
             log[key] = state["extra"].get(key, log[key])
         if log["fallback"] is not None:  # a run that fell back to float32 resumes in float32
-            one_step._autocast_tried = True
             one_step.use_float32(log["fallback"]["why"])
         load_weights(model, state, path or out_dir)
         optimizer.load_state_dict(state["optimizer"])
@@ -297,8 +297,10 @@ def train(
     start = 0
     if resume and distributed.on_main(last.exists):
         start = restore(load_checkpoint(last, map_location="cpu"), last)
-    # The state a non-finite value under autocast returns to, until a checkpoint replaces it.
-    finite_state = snapshot(start, rng_state(), {"step": start} if by_step else _iterator_state(batches))
+    # The state a non-finite value under autocast returns to: this one, until this run writes a
+    # checkpoint (written only after the finiteness check), then that checkpoint.
+    initial = snapshot(start, rng_state(), {"step": start} if by_step else _iterator_state(batches))
+    saved_here = False
 
     pending: list[torch.Tensor] = []  # losses of finished steps, not yet read back
 
@@ -361,7 +363,7 @@ def train(
                             read_losses(done)  # checks the weights: a checkpoint is finite
                             data = {"step": done} if by_step else _iterator_state(batches)
                             distributed.on_main(checkpoint, last, done, rng_state(), data)
-                            finite_state = snapshot(done, rng_state(), data)
+                            saved_here = True
                             schedule.saved()
                 read_losses(done)
             except _NonFinite as bad:
@@ -370,11 +372,11 @@ def train(
                     raise NonFiniteError(f"model {name}: non-finite {bad.what} at step {bad.step} of {steps} "
                                          f"({one_step.precision}); no final.pt written", out_dir) from None
                 why = f"non-finite {bad.what} under {one_step.precision} autocast by step {bad.step}"
-                warnings.warn(f"model {name}: {why}; going back to step {finite_state['step']} and training in "
+                finite = load_checkpoint(last, map_location="cpu") if saved_here else initial
+                warnings.warn(f"model {name}: {why}; going back to step {finite['step']} and training in "
                               f"float32", stacklevel=2)
-                done = restore(finite_state, None)
+                done = restore(finite, last if saved_here else None)
                 log["fallback"] = {"why": why, "step": bad.step, "resumed_at": done, "from": one_step.precision}
-                one_step._autocast_tried = True
                 one_step.use_float32(why)
                 bar.reset(total=steps)
                 bar.update(done)

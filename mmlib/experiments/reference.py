@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -118,18 +117,11 @@ def describe_device() -> str:
     import torch
 
     from mmlib.engine.device import cpu_count
+    from mmlib.engine.precision import machine_name
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU)"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {cpu_count()} CPU cores"
+    return f"{machine_name(torch.device('cpu'))}, {cpu_count()} CPU cores"
 
 
 def current_commit(repo: Path | None = None) -> str:
