@@ -15,7 +15,7 @@ import pandas as pd
 
 from mmlib.engine.convergence import LEARNT_RULE, RULE, judge_record
 from mmlib.errors import MMLibError
-from mmlib.io import atomic_write_json
+from mmlib.io import atomic_path, atomic_write_json
 
 
 def model_records(study) -> list[dict]:
@@ -88,9 +88,26 @@ def run_precision(records: list[dict]) -> str | None:
     return "; ".join(f"{note} ({n} model{'s' if n > 1 else ''})" for note, n in notes.items())
 
 
+def save_learning_curves(records: list[dict], out_dir: str | Path):
+    """Draw the validation curves of `records` and write them to out_dir/figures/learning_curves.png
+    atomically; the figure (the caller closes it), or None when no model kept a curve."""
+    from mmlib.viz import plot_learning_curves
+
+    curves = curves_frame(records)
+    if curves.empty:
+        return None
+    fig = plot_learning_curves(curves)
+    path = Path(out_dir) / "figures" / "learning_curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+    return fig
+
+
 def save_records(records: list[dict], path: str | Path) -> Path:
     """Write the records (as a reference run keeps them) as JSON, atomically."""
     return atomic_write_json(Path(path), records)
 
 
-__all__ = ["model_records", "learning_frame", "curves_frame", "learning_summary", "run_precision", "save_records"]
+__all__ = ["model_records", "learning_frame", "curves_frame", "learning_summary", "run_precision", "save_learning_curves",
+           "save_records"]

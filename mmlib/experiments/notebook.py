@@ -102,15 +102,12 @@ def show_findings(results: pd.DataFrame, references: bool = True) -> dict:
 def show_learning(study: Study) -> list[dict]:
     """Show 'did each model learn?' (one row per model: precision, final loss, validation Dice beside
     the label-free floor, converged) and the validation curves; return the training records."""
-    from mmlib.experiments.learning import curves_frame, learning_frame, learning_summary, model_records
-    from mmlib.viz import plot_learning_curves
+    from mmlib.experiments.learning import learning_frame, learning_summary, model_records, save_learning_curves
 
     records = model_records(study)
     _display(_markdown(learning_summary(records)), learning_frame(records).round(3))
-    curves = curves_frame(records)
-    if not curves.empty:
-        fig = plot_learning_curves(curves)
-        fig.savefig(figure_path(study, "learning_curves"), dpi=90, bbox_inches="tight")
+    fig = save_learning_curves(records, study.out_dir)
+    if fig is not None:
         _display(fig)
         import matplotlib.pyplot as plt
 

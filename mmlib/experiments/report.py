@@ -152,23 +152,16 @@ def write_report(study, provenance: dict | None = None) -> Path:
     """Write <study folder>/report.md atomically from the study's current results and its models'
     training records (learning curves in figures/learning_curves.png), the shipped reference runs
     beside them."""
-    from mmlib.experiments.learning import curves_frame, model_records
+    from mmlib.experiments.learning import model_records, save_learning_curves
     from mmlib.experiments.reference import reference_runs
-    from mmlib.io import atomic_path, atomic_write_text
+    from mmlib.io import atomic_write_text
 
     records = model_records(study)
+    fig = save_learning_curves(records, study.out_dir)
     figure = None
-    curves = curves_frame(records)
-    if not curves.empty:
+    if fig is not None:
         import matplotlib.pyplot as plt
 
-        from mmlib.viz import plot_learning_curves
-
-        fig = plot_learning_curves(curves)
-        path = Path(study.out_dir) / "figures" / "learning_curves.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
         plt.close(fig)
         figure = "figures/learning_curves.png"
     return atomic_write_text(Path(study.out_dir) / "report.md", study_report(
