@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 import pickle
 import threading
@@ -117,6 +118,14 @@ def teardown() -> None:
     import torch.distributed as dist
 
     if _owned["group"] and dist.is_available() and dist.is_initialized():
+        # Free what still holds the group (a model's DDP wrapper) while every rank is here, and
+        # destroy it only once all ranks are: gloo aborts a rank whose peer tore down first.
+        # A rank that died leaves the others waiting here a minute at most.
+        gc.collect()
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except Exception:  # noqa: BLE001 - a peer gone already: nothing left to wait for
+            pass
         dist.destroy_process_group()
     _owned["group"] = False
 

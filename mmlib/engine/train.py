@@ -12,6 +12,7 @@ whole batch, and rank 0 alone writes; a checkpoint resumes with any number of ra
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -125,6 +126,13 @@ class TrainStep:
         if compile:
             kwargs = compile if isinstance(compile, dict) else {"mode": compile if isinstance(compile, str) else None}
             self.forward = torch.compile(self.forward, **kwargs)
+
+    def release(self) -> None:
+        """Drop the DistributedDataParallel wrapper now: it holds the process group, and one freed
+        only at interpreter exit (after the group is destroyed) can abort the process."""
+        if self.world > 1:
+            self.forward = self.model
+            gc.collect()
 
     @property
     def precision(self) -> str:
@@ -395,6 +403,7 @@ def train(
         raise
     finally:
         bar.close()
+        one_step.release()
         if batches is not source:
             batches.close()  # the prefetch thread of batches drawn on the device
 
