@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from mmlib.errors import MMLibError
-from mmlib.experiments.protocol import ARCHITECTURES
+from mmlib.experiments.plan.specs import ARCHITECTURES
 
 #: `mmlib check` exit code when the check could not run at all (no manifest, no root folder).
 CHECK_COULD_NOT_RUN = 3
@@ -109,7 +109,7 @@ def _claimed_out(path) -> Path:
 def _executor_config(args) -> dict | None:
     """The executor configuration of --executor-config, overridden by --executor and its options;
     None when none was given (then $MMLIB_EXECUTOR, else local processes)."""
-    from mmlib.experiments.executors import executor_from_config, load_executor_config
+    from mmlib.experiments.run.executors import executor_from_config, load_executor_config
 
     config = dict(load_executor_config(args.executor_config)) if args.executor_config else {}
     slurm = {key: getattr(args, f"slurm_{key}") for key in _SLURM_OPTIONS if getattr(args, f"slurm_{key}") is not None}
@@ -137,7 +137,7 @@ _SLURM_OPTIONS = {"partition": "partition", "gpus": "gpus_per_job", "ranks": "ra
 
 def _cmd_joint(args) -> int:
     from mmlib.engine import distributed
-    from mmlib.experiments.joint import run_joint
+    from mmlib.experiments.run.joint import run_joint
 
     config = _executor_config(args)
     with distributed.session(args.device) as ranks:
@@ -154,7 +154,7 @@ def _cmd_joint(args) -> int:
 
 def _cmd_study(args) -> int:
     from mmlib.engine import distributed
-    from mmlib.experiments.runner import run_study
+    from mmlib.experiments.run.runner import run_study
 
     if distributed.launched():
         raise MMLibError("`mmlib study` does not run under torchrun (its notebooks run in kernels); give its "
@@ -180,8 +180,8 @@ def _cmd_study(args) -> int:
 
 def _cmd_reference(args) -> int:
     from mmlib.engine import distributed
-    from mmlib.experiments.reference import save_reference
-    from mmlib.experiments.study import Study
+    from mmlib.experiments.results.publish import save_reference
+    from mmlib.experiments.run.study import Study
     from mmlib.io import OutLock
 
     def save() -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from mmlib.errors import MMLibError
-from mmlib.experiments.reference import REFERENCE_DIR, ReferenceRun, reference_runs
+from mmlib.experiments.results.reference import REFERENCE_DIR, ReferenceRun, reference_runs
 
 REPO = Path(__file__).resolve().parents[1]
 #: README sections that make "Run it yourself", in this order.

@@ -230,9 +230,10 @@ def test_mmlib_joint_under_torchrun_resumes_and_writes_its_results_once(tmp_path
     writes the model, rows and summary; a second run finds it all."""
     from dataclasses import replace
 
-    from mmlib.experiments import study as study_module
-    from mmlib.experiments.protocol import joint_spec, schedule
-    from mmlib.experiments.study import Study
+    from mmlib.experiments.plan.schedule import schedule
+    from mmlib.experiments.plan.specs import joint_spec
+    from mmlib.experiments.run import study as study_module
+    from mmlib.experiments.run.study import Study
     from mmlib.presets import load_preset
 
     out = tmp_path / "run"

@@ -27,10 +27,11 @@ from test_reference import fake_study
 from mmlib.cli import main
 from mmlib.docs_site import SITE_MARK, build_site, notebook_page, readme_sections, run_it_yourself
 from mmlib.errors import MMLibError
-from mmlib.experiments.executed_notebooks import MAX_SIDE_PX, shrink_png
-from mmlib.experiments.reference import reference_runs, save_reference
-from mmlib.experiments.runner import run_study
-from mmlib.experiments.study import Study
+from mmlib.experiments.results.executed_notebooks import MAX_SIDE_PX, shrink_png
+from mmlib.experiments.results.publish import save_reference
+from mmlib.experiments.results.reference import reference_runs
+from mmlib.experiments.run.runner import run_study
+from mmlib.experiments.run.study import Study
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "runs" / "test-artifacts" / "site"

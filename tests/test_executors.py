@@ -13,10 +13,10 @@ import pytest
 from mmlib.cli import main
 from mmlib.engine.checkpoint import load_checkpoint
 from mmlib.errors import MMLibError
-from mmlib.experiments.executors import (EXECUTOR_ENV, LocalExecutor, SubmititExecutor, config_from_env,
+from mmlib.experiments.run.executors import (EXECUTOR_ENV, LocalExecutor, SubmititExecutor, config_from_env,
                                          executor_from_config, parse_time, worker_gpus)
-from mmlib.experiments.protocol import joint_spec, sd_spec
-from mmlib.experiments.study import Evaluation, Job, Study
+from mmlib.experiments.plan.specs import Evaluation, Job, joint_spec, sd_spec
+from mmlib.experiments.run.study import Study
 
 #: The Slurm path run as processes on this machine: two CPU ranks for a model that can split its batch.
 LOCAL_SLURM = {"executor": "slurm", "cluster": "local", "gpus_per_job": 0, "ranks_per_job": 2, "time": 20,
@@ -102,7 +102,7 @@ def test_a_bad_executor_file_is_refused_naming_it(tmp_path, capsys):
 
 
 def test_the_notebooks_see_the_executor_and_it_is_no_part_of_a_models_identity(tmp_path, monkeypatch):
-    from mmlib.experiments import runner
+    from mmlib.experiments.run import runner
 
     seen = {}
 

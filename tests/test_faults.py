@@ -639,7 +639,7 @@ def test_fault7_joint_over_a_truncated_twin_marker_remakes_the_twins_without_a_t
 
 
 def test_fault7_a_truncated_notebook_stamp_means_run_it_again(tmp_path):
-    from mmlib.experiments.runner import run_study
+    from mmlib.experiments.run.runner import run_study
 
     out = tmp_path / "study"
     run_study(out, "smoke", notebooks=["99_findings"], progress=False)

@@ -19,8 +19,8 @@ from mmlib.engine.convergence import MIN_GAIN, Validation, judge_learning
 from mmlib.engine.precision import NonFiniteError, checked_dtype, self_check
 from mmlib.engine.train import train
 from mmlib.errors import CheckpointError
-from mmlib.experiments.findings import CLAUSES, evaluate_findings, judge
-from mmlib.experiments.reference import agreement
+from mmlib.experiments.results.findings import CLAUSES, evaluate_findings, judge
+from mmlib.experiments.results.reference import agreement
 from mmlib.models import build_model
 from test_engine import CMAP, CONFIG, ToyBatches, tiny_net
 
@@ -236,7 +236,7 @@ def _f2_rows(joint_dice, sd_dice, **flags):
 
 def _f2(rows, db="BRATS"):
     clause = next(c for c in CLAUSES if c.key == f"F2 about as well ({db})")
-    from mmlib.experiments.tables import tidy_results
+    from mmlib.experiments.results.tables import tidy_results
 
     return judge(clause, tidy_results(rows), n_bootstrap=200)
 
@@ -258,8 +258,8 @@ def test_on_a_database_it_never_saw_a_model_is_judged_by_its_own_databases_numbe
     rows = _f2_rows(0.6, 0.6, learnt=True, val_dice=0.04, val_floor=0.03)  # own databases: not learnt
     unseen = pd.DataFrame(_rows("joint", "MD", "TUMOR2", "T1", 0.5, learnt=True, drop=True,
                                 train_databases="BRATS+ATLAS+MSSEG+TBI+WMH"))
-    from mmlib.experiments.findings import model_states
-    from mmlib.experiments.tables import tidy_results
+    from mmlib.experiments.results.findings import model_states
+    from mmlib.experiments.results.tables import tidy_results
 
     states = model_states(tidy_results(pd.concat([rows, unseen], ignore_index=True)))
     assert states[("joint", "TUMOR2")].learnt is False

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mmlib.errors import MMLibError
-from mmlib.experiments.readme_blocks import README, drifted, render
+from mmlib.experiments.results.readme_blocks import README, drifted, render
 
 
 def test_the_readmes_result_blocks_match_the_shipped_reference_runs():
     text = README.read_text()
     assert "<!-- mmlib:table3:" in text
-    assert drifted(text) == [], "run: python -m mmlib.experiments.readme_blocks"
+    assert drifted(text) == [], "run: python -m mmlib.experiments.results.readme_blocks"
 
 
 def test_a_hand_edited_number_in_a_block_is_caught():

@@ -10,10 +10,11 @@ import pytest
 from test_findings import cells_at, rows_for_cells
 
 from mmlib.errors import MMLibError
-from mmlib.experiments.findings import CLAUSES
-from mmlib.experiments.reference import reference_runs, save_reference
-from mmlib.experiments.report import study_report
-from mmlib.experiments.tables import TABLES
+from mmlib.experiments.results.findings import CLAUSES
+from mmlib.experiments.results.publish import save_reference
+from mmlib.experiments.results.reference import reference_runs
+from mmlib.experiments.results.report import study_report
+from mmlib.experiments.results.tables import TABLES
 from mmlib.presets import load_preset
 
 F4 = next(c for c in CLAUSES if c.key == "F4 better than the tumour-only model (Tumor 2 T1)")
@@ -76,7 +77,7 @@ def test_the_results_explorer_switches_to_a_reference_and_labels_it(tmp_path):
 
 
 def test_every_shipped_reference_run_is_whole_and_its_verdicts_follow_from_its_rows():
-    from mmlib.experiments.findings import evaluate_findings
+    from mmlib.experiments.results.findings import evaluate_findings
 
     runs = reference_runs()
     assert runs, "mmlib ships at least one reference run"

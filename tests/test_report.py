@@ -6,9 +6,10 @@ from __future__ import annotations
 import pandas as pd
 from test_findings import cells_at, rows_for_cells
 
-from mmlib.experiments.findings import CLAUSES
-from mmlib.experiments.protocol import deviations
-from mmlib.experiments.report import markdown_table, study_report
+from mmlib.experiments.results.findings import CLAUSES
+from mmlib.experiments.plan.deviations import deviations
+from mmlib.experiments.results.markdown import markdown_table
+from mmlib.experiments.results.report import study_report
 from mmlib.presets import load_preset
 
 
@@ -28,7 +29,9 @@ def test_report_puts_our_table_beside_the_papers_with_deviations_and_judges_each
     assert "# Study report: preset quick" in text and "| total | 1.5 |" in text
     table4 = text.split("## Table 4")[1].split("## Table 5")[0]
     assert "| ours |" in table4 and "| paper |" in table4 and "0.550" in table4
-    assert "Deviations from the paper at preset quick" in table4 and "3 mm (paper: 1 mm)" in table4
+    # The deviations are stated once, at the top; under the table one line names the aspects.
+    assert "Protocol at preset quick: differs from the paper's in voxel spacing" in table4
+    assert "3 mm" not in table4 and text.count("3 mm") == 1
     for d in deviations(preset):  # the whole protocol, aspect by aspect
         assert f"| {d.aspect} |" in text
     assert "### F4: holds" in text and "[+0.050, +0.050]" in text

@@ -14,9 +14,11 @@ import torch
 from mmlib.data.loaders import ChannelMap
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.errors import MMLibError
-from mmlib.experiments.protocol import (ModelSpec, batch_per_database, deviation_line, deviations, finetune_spec,
-                                        joint_spec, limited_label_count, loo_spec, schedule, sd_spec)
-from mmlib.experiments.study import Evaluation, Job, Study, eval_channel_map
+from mmlib.experiments.plan.deviations import deviation_note, deviations
+from mmlib.experiments.plan.schedule import batch_per_database, schedule
+from mmlib.experiments.plan.specs import (Evaluation, Job, ModelSpec, finetune_spec, joint_spec, limited_label_count,
+                                          loo_spec, sd_spec)
+from mmlib.experiments.run.study import Study, eval_channel_map
 from mmlib.presets import JointVariant, StudyPlan, load_preset
 
 QUICK = load_preset("quick")
@@ -105,8 +107,8 @@ def test_every_deviation_of_a_preset_is_stated_and_the_full_preset_has_few():
     assert quick["crop sampling"].differs and "0.67 of crops centred on a lesion" in quick["crop sampling"].ours
     assert "lr x0.1 after 0.75" in quick["schedule"].ours and "0.25" in quick["schedule"].paper
     assert "leave-one-out on WMH only" in quick["models trained"].ours
-    line = deviation_line(QUICK)
-    assert "3 mm (paper: 1 mm)" in line and "x0.5" in line
+    line = deviation_note(QUICK)
+    assert "voxel spacing" in line and "network width" in line and "seeds per model" in line
     full = {d.aspect: d for d in deviations(load_preset("full"))}
     assert not full["voxel spacing"].differs and not full["models trained"].differs
 
@@ -114,7 +116,7 @@ def test_every_deviation_of_a_preset_is_stated_and_the_full_preset_has_few():
 def test_the_readme_states_every_presets_deviations_from_the_code():
     from pathlib import Path
 
-    from mmlib.experiments.protocol import deviations_markdown
+    from mmlib.experiments.results.report import deviations_markdown
     from mmlib.presets import preset_names
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -127,7 +129,7 @@ def _mtimes(folder):
 
 
 def test_settings_that_do_not_change_the_weights_retrain_nothing(tmp_path):
-    from mmlib.experiments.grid import joint_training
+    from mmlib.experiments.run.experiments import joint_training
 
     smoke = load_preset("smoke")
     study = Study(tmp_path, smoke, progress=False, processes=1, device="cpu")
@@ -144,7 +146,7 @@ def test_settings_that_do_not_change_the_weights_retrain_nothing(tmp_path):
 
 
 def test_results_read_back_only_rows_of_the_current_protocol(tmp_path):
-    from mmlib.experiments.grid import joint_training
+    from mmlib.experiments.run.experiments import joint_training
 
     smoke = load_preset("smoke")
     joint_training(Study(tmp_path, smoke, progress=False, device="cpu"), [JointVariant("multiunet", True)])
@@ -180,8 +182,8 @@ def test_a_per_database_root_is_honoured_and_twins_never_stand_in_for_the_others
 
 
 def test_mmlib_joint_and_the_studys_joint_model_are_one_model(tmp_path):
-    from mmlib.experiments.grid import joint_training
-    from mmlib.experiments.joint import run_joint
+    from mmlib.experiments.run.experiments import joint_training
+    from mmlib.experiments.run.joint import run_joint
 
     summary = run_joint(tmp_path, preset="smoke", device="cpu", progress=False)
     assert list(summary["database"]) == [*TRAINING_DATABASES, "mean"]
@@ -199,7 +201,7 @@ def test_mmlib_joint_and_the_studys_joint_model_are_one_model(tmp_path):
 
 
 def test_models_trained_side_by_side_are_the_grid_and_are_reused(tmp_path):
-    from mmlib.experiments.grid import single_database
+    from mmlib.experiments.run.experiments import single_database
 
     study = Study(tmp_path, "smoke", progress=False, processes=2)
     rows = single_database(study, ["WMH", "ATLAS"], fusion=False)
@@ -226,16 +228,14 @@ def test_a_failing_model_is_named_and_the_others_are_kept(tmp_path):
 def test_a_worker_keeps_its_share_of_the_cores(tmp_path):
     """Training calls pick_device, which hands torch every core unless OMP_NUM_THREADS is set;
     a worker of Study.run must keep the one thread it was given."""
-    from mmlib.experiments.study import _run_job
+    from mmlib.experiments.run.executors import run_job
 
     env = os.environ.pop("OMP_NUM_THREADS", None)
     before = torch.get_num_threads()
     study = Study(tmp_path, "smoke", progress=False)
     job = Job(sd_spec("ATLAS", "multiunet", False, 0, 1, 1.0))
-    state = {"out_dir": str(tmp_path), "preset": study.preset, "data_root": None, "device": "cpu",
-             "seeds": (0,), "threads": 1}
     try:
-        assert _run_job(state, job) is None
+        assert run_job(study.reopener(), 1, job) is None
         assert torch.get_num_threads() == 1 and study.is_trained(job.spec)
     finally:
         torch.set_num_threads(before)
@@ -246,8 +246,8 @@ def test_a_worker_keeps_its_share_of_the_cores(tmp_path):
 
 _TRAIN_ONE = textwrap.dedent("""
     import sys, torch
-    from mmlib.experiments.protocol import joint_spec
-    from mmlib.experiments.study import Study
+    from mmlib.experiments.plan.specs import joint_spec
+    from mmlib.experiments.run.study import Study
     study = Study(sys.argv[1], "smoke", progress=False, device="cpu")
     model, _ = study.train(joint_spec("multiunet", True, int(sys.argv[2])))
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, sys.argv[3])

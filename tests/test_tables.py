@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from mmlib.experiments.paper import paper_layout, paper_metric_table, paper_table, paper_value
-from mmlib.experiments.tables import (format_table, metric_table, side_by_side, table2, table3,
+from mmlib.experiments.results.paper import paper_layout, paper_metric_table, paper_table, paper_value
+from mmlib.experiments.results.tables import (format_table, metric_table, side_by_side, table2, table3,
                                       table4, table5, table6)
 
 

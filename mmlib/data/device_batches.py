@@ -3,6 +3,8 @@
 The volumes live on the device in half precision (labels uint8); crops, rotations, modality drop
 and zero fill are tensor ops there, following JointBatches' plans (the same samples). Volumes over
 the memory budget stay in host memory (pinned for a GPU); a thread assembles the next step ahead.
+It reads a JointBatches only through its methods, and never imports mmlib.data.loaders:
+`JointBatches.to(device)` builds one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import numpy as np
 import torch
 
 from mmlib.data.cases import IGNORE
-from mmlib.data.loaders import JointBatches, SamplePlan
 
 #: Share of the free GPU memory the volumes may take by default (the rest is for training).
 GPU_BUDGET_SHARE = 0.5
@@ -45,7 +46,7 @@ class DeviceBatches:
     labels exact. `memory_budget` (bytes; default: half the free GPU memory) decides whether the
     volumes live on the device; if not, batches are assembled in host memory a step ahead."""
 
-    def __init__(self, batches: JointBatches, device, storage_dtype: torch.dtype = torch.float16,
+    def __init__(self, batches, device, storage_dtype: torch.dtype = torch.float16,
                  memory_budget: float | None = None, prefetch: bool = True):
         self.source = batches
         self.device = torch.device(device)
@@ -78,7 +79,7 @@ class DeviceBatches:
     def epoch_length(self) -> int:
         return self.source.epoch_length()
 
-    def plan(self, step: int, rank: int = 0, world_size: int = 1) -> list[SamplePlan]:
+    def plan(self, step: int, rank: int = 0, world_size: int = 1) -> list:
         return self.source.plan(step, rank, world_size)
 
     def state_dict(self) -> dict:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from mmlib.data.cases import CaseFiles
+from mmlib.data.readers import find_cases
 
 
 def file_stat(path: str | Path) -> list[int] | None:
@@ -56,8 +57,10 @@ def manifest_content(manifest) -> dict:
     return manifest.raw or {k: v for k, v in vars(manifest).items() if k not in ("raw", "path")}
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def short_hash(obj, n: int = 12) -> str:
+    """The identity hash of mmlib: `n` hex digits of the SHA-256 of JSON-able data (sorted keys),
+    for data, prepared caches, models and evaluations alike."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def data_identity(manifest, root: str | Path | None = None) -> str:
@@ -65,14 +68,12 @@ def data_identity(manifest, root: str | Path | None = None) -> str:
     with their size and mtime (and any file the layout could not find). Cheap: no file is read,
     only listed and stat'ed. `root` None resolves through the manifest ($MMLIB_<NAME>_ROOT, ...).
     """
-    from mmlib.data.readers import find_cases  # readers import this module's neighbours
-
     root = Path(manifest.resolve_root(root)).resolve()
     cases = {c.case_id: {"files": case_sources(c, root),
                          "problems": {k: list(v) for k, v in sorted(c.problems.items())}}
              for c in find_cases(manifest, root, check_json=False)}
     extra = {"dataset.json": file_stat(root / "dataset.json")} if manifest.layout.kind == "msd4d" else {}
-    return _digest({"root": str(root), "manifest": manifest_content(manifest), "cases": cases, **extra})
+    return short_hash({"root": str(root), "manifest": manifest_content(manifest), "cases": cases, **extra}, 16)
 
 
 def cases_identity(cases, root: str | Path | None = None) -> str:
@@ -83,7 +84,7 @@ def cases_identity(cases, root: str | Path | None = None) -> str:
     if missing:
         raise ValueError(f"cases without recorded input files (not from prepare_database): {missing[:3]}")
     where = None if root is None else str(Path(root).resolve())
-    return _digest([where, sorted([c.database, c.case_id, c.sources] for c in cases)])
+    return short_hash([where, sorted([c.database, c.case_id, c.sources] for c in cases)], 16)
 
 
-__all__ = ["file_stat", "case_sources", "changed_files", "manifest_content", "data_identity", "cases_identity"]
+__all__ = ["short_hash", "file_stat", "case_sources", "changed_files", "manifest_content", "data_identity", "cases_identity"]

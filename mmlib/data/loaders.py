@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mmlib.data.cases import IGNORE, PreparedCase
+from mmlib.data.device_batches import DeviceBatches
 from mmlib.data.modalities import MODALITIES, canonical_modality, sort_modalities
 from mmlib.errors import MMLibError, ModalityError
 
@@ -328,6 +329,4 @@ class JointBatches:
 
     def to(self, device, **kwargs):
         """These batches drawn on `device` from volumes uploaded once (see DeviceBatches)."""
-        from mmlib.data.device_batches import DeviceBatches
-
         return DeviceBatches(self, device, **kwargs)

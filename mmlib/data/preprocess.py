@@ -25,7 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 from mmlib.data.cases import IGNORE, PreparedCase, RawCase
-from mmlib.data.identity import case_sources, changed_files, manifest_content
+from mmlib.data.identity import case_sources, cases_identity, changed_files, manifest_content, short_hash
+from mmlib.data.readers import find_cases, read_case
 from mmlib.data.validate import label_value_problem
 from mmlib.errors import ImageReadError, MMLibError
 from mmlib.io import atomic_open, clean_stale_temps
@@ -321,9 +322,14 @@ def prepare_case(manifest, raw: RawCase, spacing_mm: float,
 def cache_key(manifest, spacing_mm: float, root: str | Path | None = None) -> str:
     """Short hash of the manifest's content, the spacing, PREPROCESS_VERSION and the resolved root."""
     where = None if root is None else str(Path(root).resolve())
-    blob = json.dumps([manifest_content(manifest), float(spacing_mm), PREPROCESS_VERSION, where],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return short_hash([manifest_content(manifest), float(spacing_mm), PREPROCESS_VERSION, where])
+
+
+def prepared_identity(manifest, root: Path, cases: list) -> str:
+    """The identity of prepared cases: their input files' stats and root (recorded when prepared),
+    the manifest that read them and the preprocessing version."""
+    return short_hash({"cases": cases_identity(cases, root), "manifest": manifest_content(manifest),
+                       "preprocess": PREPROCESS_VERSION})
 
 
 def safe_name(case_id: str) -> str:
@@ -376,7 +382,6 @@ def load_cached_case(path: str | Path) -> PreparedCase:
 
 
 def _readers():
-    from mmlib.data.readers import find_cases, read_case  # lazy: readers are built alongside
     return find_cases, read_case
 
 

@@ -8,7 +8,7 @@ learnt nothing either); it learnt as a whole when its mean over its databases do
 floor's mean. The verdicts are taken again from the recorded numbers whenever they are read, so
 they always follow the rule stated here. It *converged* when the last quarter of training raised its validation Dice (the mean
 over its databases) by less than `MIN_GAIN`. The findings are judged only on models that learnt,
-and say so where the models compared had not converged (mmlib.experiments.findings).
+and say so where the models compared had not converged (mmlib.experiments.results.findings).
 """
 
 from __future__ import annotations

@@ -1,19 +1,26 @@
-"""What a study notebook calls: one setup call, tables shown by name, findings shown clause by clause."""
+"""What a study notebook calls, all from here: one setup call, each notebook's experiment, tables
+shown by name, findings shown clause by clause. A thin façade over plan/, run/ and results/."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from mmlib.experiments.findings import evaluate_findings
-from mmlib.experiments.protocol import deviation_line, deviations
-from mmlib.experiments.study import Study
+from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
+from mmlib.experiments.results.findings import clauses_frame, clauses_markdown, evaluate_findings, write_findings
+from mmlib.experiments.results.learning import learning_frame, learning_summary, model_records, save_learning_curves
+from mmlib.experiments.results.reference import reference_results, reference_runs
+from mmlib.experiments.results.rows import save_results
+from mmlib.experiments.results.tables import table_by_name
+from mmlib.experiments.run.experiments import joint_training, new_modality_sets, single_database, unseen_pathologies
+from mmlib.experiments.run.study import Study
 
 
 def _display(*objs) -> None:
     try:
-        from IPython.display import display
+        from IPython.display import display  # optional: outside IPython the text is printed
     except ImportError:  # outside IPython: plain text
         for obj in objs:
             print(obj)
@@ -23,7 +30,7 @@ def _display(*objs) -> None:
 
 def _markdown(text: str):
     try:
-        from IPython.display import Markdown
+        from IPython.display import Markdown  # optional: outside IPython the text stays text
     except ImportError:
         return text
     return Markdown(text)
@@ -37,15 +44,8 @@ def open_study(preset: str, out_dir: str | Path, data_root: str | Path | None = 
                   seeds=None if seeds is None else tuple(seeds), progress=False)
     (study.out_dir / "figures").mkdir(parents=True, exist_ok=True)
     if show:
-        _display(deviations_frame(study))
+        _display(deviations_frame(study.preset))
     return study
-
-
-def deviations_frame(study: Study) -> pd.DataFrame:
-    """One row per aspect of the protocol: the paper's value and ours at the study's preset."""
-    return pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({study.preset.name})": d.ours,
-                          "differs": "yes" if d.differs else ""} for d in deviations(study.preset)]
-                        ).set_index("aspect")
 
 
 def database_table(databases: dict) -> pd.DataFrame:
@@ -62,29 +62,20 @@ def figure_path(study: Study, name: str) -> Path:
 def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: int = 3,
                references: bool = True) -> pd.DataFrame:
     """Show Table `name` ('Table 3') built from `results`, each of our rows above the same row of
-    the shipped reference runs (labelled) and the paper's, with this preset's deviations under it;
-    return the side-by-side frame."""
-    from mmlib.experiments.reference import reference_results
-    from mmlib.experiments.tables import table_by_name
-
+    the shipped reference runs (labelled) and the paper's, with a line naming the aspects in which
+    this preset's protocol differs (the table open_study showed); return the side-by-side frame."""
     spec = table_by_name(name)
     both = spec.side_by_side(results, reference_results() if references else None)
     _display(_markdown(f"**{spec.name}.** {spec.caption}"), both.round(decimals),
-             _markdown(f"*{deviation_line(study.preset)}*"))
+             _markdown(f"*{deviation_note(study.preset)}*"))
     return both
 
 
 def show_findings(results: pd.DataFrame, references: bool = True) -> dict:
     """Judge F1-F6 on `results` and show one row per clause (effect, 95% CI, verdict), beside the
     shipped reference runs' verdicts (labelled); return the findings."""
-    import json
-
-    from mmlib.experiments.findings import clauses_frame, evaluate_findings
-    from mmlib.experiments.reference import reference_runs
-
     findings = evaluate_findings(results)
-    refs = {n: json.loads((r.folder / "findings.json").read_text())["findings"]
-            for n, r in (reference_runs() if references else {}).items()}
+    refs = {n: r.findings for n, r in (reference_runs() if references else {}).items()}
     summary = pd.DataFrame([{"finding": k, "this run": f["verdict"],
                              **{f"reference {n}": v.get(k, {}).get("verdict", "–") for n, v in refs.items()},
                              "the paper's numbers": f["paper_verdict"], "statement": f["finding"]}
@@ -102,15 +93,11 @@ def show_findings(results: pd.DataFrame, references: bool = True) -> dict:
 def show_learning(study: Study) -> list[dict]:
     """Show 'did each model learn?' (one row per model: precision, final loss, validation Dice beside
     the label-free floor, converged) and the validation curves; return the training records."""
-    from mmlib.experiments.learning import learning_frame, learning_summary, model_records, save_learning_curves
-
     records = model_records(study)
     _display(_markdown(learning_summary(records)), learning_frame(records).round(3))
     fig = save_learning_curves(records, study.out_dir)
     if fig is not None:
         _display(fig)
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
     return records
 
@@ -142,5 +129,6 @@ def show_reading(results: pd.DataFrame, *names: str) -> dict:
     return findings
 
 
-__all__ = ["open_study", "show_learning", "deviations_frame", "database_table", "figure_path", "show_table",
-           "show_findings", "reading", "show_reading"]
+__all__ = ["open_study", "show_learning", "database_table", "figure_path", "show_table", "show_findings", "reading",
+           "show_reading", "single_database", "joint_training", "new_modality_sets", "unseen_pathologies",
+           "save_results", "write_findings", "clauses_markdown"]

@@ -28,8 +28,8 @@ def sort_databases(names) -> list[str]:
 def load_results(source) -> pd.DataFrame:
     """Tidy result rows: a DataFrame, a CSV of tidy rows, or a study folder (its current rows,
     read through `Study.results`)."""
-    from mmlib.experiments.study import Study
-    from mmlib.experiments.tables import tidy_results
+    from mmlib.experiments.run.study import Study
+    from mmlib.experiments.results.tables import tidy_results
 
     if isinstance(source, Study):
         return tidy_results(source.results())
@@ -104,8 +104,8 @@ def paper_number(database: str, subset: str, metric: str, arch: str | None, sett
                  all_modalities: bool) -> float:
     """The paper's number for the same model, database and subset (Tables 3/7/8 with all
     modalities, Tables 4/9/10 for ISLES and Tumor 2), NaN where the paper has none."""
-    from mmlib.experiments.paper import paper_value
-    from mmlib.experiments.tables import TABLE3_ROWS, TABLE4_COLUMNS, TABLE4_ROWS
+    from mmlib.experiments.results.paper import paper_value
+    from mmlib.experiments.results.tables import TABLE3_ROWS, TABLE4_COLUMNS, TABLE4_ROWS
 
     def matches(spec: dict) -> bool:
         return ((arch is None or spec.get("arch") == arch) and setting is not None
@@ -128,8 +128,8 @@ def paper_number(database: str, subset: str, metric: str, arch: str | None, sett
 
 
 def results_table(results: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Our Table `n` of the registry (mmlib.experiments.tables.TABLES) from tidy rows."""
-    from mmlib.experiments.tables import table_by_name
+    """Our Table `n` of the registry (mmlib.experiments.results.tables.TABLES) from tidy rows."""
+    from mmlib.experiments.results.tables import table_by_name
 
     return table_by_name(n).build(results)
 
@@ -141,20 +141,20 @@ def _has_values(table: pd.DataFrame) -> bool:
 
 def available_tables(results: pd.DataFrame) -> list[int]:
     """The registry's tables that these rows fill at least one cell of."""
-    from mmlib.experiments.tables import TABLES
+    from mmlib.experiments.results.tables import TABLES
 
     return [n for n, spec in TABLES.items() if _has_values(spec.build(results))]
 
 
 def table_with_paper(results: pd.DataFrame, n: int) -> pd.DataFrame:
     """Our Table `n` with the paper's row under each of ours (index row × source)."""
-    from mmlib.experiments.tables import table_by_name
+    from mmlib.experiments.results.tables import table_by_name
 
     return table_by_name(n).side_by_side(results)
 
 
 def _style_table(df: pd.DataFrame) -> str:
-    from mmlib.experiments.tables import format_table
+    from mmlib.experiments.results.tables import format_table
 
     return f"<pre style='font-size:11px'>{format_table(df)}</pre>"
 
@@ -164,13 +164,13 @@ class ResultsExplorer:
     spread over seeds for one database beside the paper's number, and any of the paper's tables
     that the rows fill, ours beside the shipped reference runs' and the paper's. `references`
     (default: every reference run shipped) can also be explored in place of the run (`source`),
-    always labelled as reference. `records`: the run's training records (mmlib.experiments.learning):
+    always labelled as reference. `records`: the run's training records (mmlib.experiments.results.learning):
     then it also shows whether each model learnt, and one model's validation curve."""
 
     def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI,
                  references: dict[str, pd.DataFrame] | None = None, records: list[dict] | None = None):
-        from mmlib.experiments.reference import reference_results
-        from mmlib.experiments.tables import tidy_results
+        from mmlib.experiments.results.reference import reference_results
+        from mmlib.experiments.results.tables import tidy_results
 
         own = load_results(source)
         if own.empty:
@@ -230,7 +230,7 @@ class ResultsExplorer:
         """The 'did each model learn?' table and the chosen model's validation curve."""
         if not self.records:
             return
-        from mmlib.experiments.learning import curves_frame, learning_frame, learning_summary
+        from mmlib.experiments.results.learning import curves_frame, learning_frame, learning_summary
         from mmlib.viz import plot_learning_curves
 
         self.learning = learning_frame(self.records)
@@ -332,7 +332,7 @@ class ResultsExplorer:
             self.table_html.value = ("<i>these results fill none of the paper's tables 2-10 "
                                      "(they need the columns arch, training, drop ...)</i>")
             return
-        from mmlib.experiments.tables import table_by_name
+        from mmlib.experiments.results.tables import table_by_name
 
         spec = table_by_name(n)
         self.table = spec.side_by_side(self.sources["this run"], self.references)

@@ -32,10 +32,10 @@ def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path |
     its joint Multi-Unet with drop and the training databases' test cases. A folder without that
     model gets it from `mmlib joint`'s pipeline, the model notebook 02 would train."""
     from mmlib.data.manifest import TRAINING_DATABASES
-    from mmlib.experiments.joint import run_joint
-    from mmlib.experiments.learning import model_records
-    from mmlib.experiments.protocol import joint_spec
-    from mmlib.experiments.study import Study
+    from mmlib.experiments.run.joint import run_joint
+    from mmlib.experiments.results.learning import model_records
+    from mmlib.experiments.plan.specs import joint_spec
+    from mmlib.experiments.run.study import Study
     from mmlib.widgets.results_explorer import load_results
 
     study = Study(Path(out_dir), preset, data_root=data_root, device=device, progress=False)

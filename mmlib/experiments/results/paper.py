@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import pandas as pd
 import yaml
 
-PAPER_RESULTS = Path(__file__).resolve().parents[1] / "paper_results.yaml"
+PAPER_RESULTS = Path(__file__).resolve().parents[2] / "paper_results.yaml"
 
 
 @lru_cache(maxsize=1)
@@ -92,7 +92,7 @@ def paper_value(table: int, row: str, column: str, metric: str = "dice") -> floa
 def paper_metric_table(table: int, metrics: Sequence[str] = ("sensitivity", "precision", "assd")
                        ) -> pd.DataFrame:
     """Table 3's or 4's models with the appendix metrics (Tables 7-10), columns (column, metric),
-    in the layout `mmlib.experiments.tables.metric_table` builds."""
+    in the layout `mmlib.experiments.results.tables.metric_table` builds."""
     rows, columns = paper_layout(table)
     data = {(col, m): [paper_value(table, r, col, m) for r in rows] for col in columns for m in metrics}
     df = pd.DataFrame(data, index=pd.Index(rows, name=_table(table)["index"]))

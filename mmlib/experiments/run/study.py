@@ -14,8 +14,8 @@ model, test cases and evaluation settings; everything else reads them back. Tabl
 read `Study.results()`: the rows of the current protocol only, so rows of an older preset or of
 changed data stay on disk but never mix with the current ones.
 
-`Study.run` hands the models it still needs to an executor (mmlib.experiments.executors: local
-processes by default, or Slurm). Under torchrun every rank runs the same study: they train each
+`Study.run` hands the models it still needs to an executor (mmlib.experiments.run.executors:
+local processes by default, or Slurm); the executor calls back `Study.do_job`. Under torchrun every rank runs the same study: they train each
 model together, one after another, rank 0 alone writes and decides what is done, and the others
 read what it made.
 """
@@ -25,16 +25,33 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-from mmlib.data.manifest import DatabaseManifest, load_manifest
+from mmlib.data.identity import short_hash
+from mmlib.data.loaders import ChannelMap, JointBatches
+from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, data_root_from_env, load_manifest, use_twins
+from mmlib.data.modalities import sort_modalities
+from mmlib.data.preprocess import prepare_database, prepared_identity
+from mmlib.data.readers import split_cases
+from mmlib.data.synth import ensure_twins
 from mmlib.engine import distributed
-from mmlib.engine.predict import study_preprocessing
-from mmlib.errors import MMLibError
+from mmlib.engine.baselines import outlier_baseline
+from mmlib.engine.checkpoint import load_model
 from mmlib.engine.convergence import Validation, judge_record
-from mmlib.experiments.protocol import ModelSpec, batch_per_database, schedule, short_hash, single_test_modality
+from mmlib.engine.device import seed_everything
+from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases
+from mmlib.engine.predict import study_preprocessing
+from mmlib.engine.train import train
+from mmlib.errors import MMLibError
+from mmlib.experiments.plan.schedule import batch_per_database, schedule
+from mmlib.experiments.plan.specs import Evaluation, Job, ModelSpec, single_test_modality, spec_from_dict, with_parents
+from mmlib.experiments.results.rows import read_rows, write_rows
+from mmlib.experiments.run.executors import InlineExecutor, config_from_env, executor_from_config
+from mmlib.io import atomic_write_json, read_json
+from mmlib.models import ProgressiveUNet, assign_new_modalities, build_model
 from mmlib.presets import Preset, load_preset
 
 #: Version of the study folder's layout; folders of another version are refused, not mixed.
@@ -62,44 +79,8 @@ class Database:
         return self.manifest.name
 
 
-def data_identity(manifest: DatabaseManifest, root: Path, cases: list) -> str:
-    """The identity of prepared cases: their input files' stats and root (recorded when prepared),
-    the manifest that read them and the preprocessing version."""
-    from mmlib.data.identity import cases_identity, manifest_content
-    from mmlib.data.preprocess import PREPROCESS_VERSION
-
-    return short_hash({"cases": cases_identity(cases, root), "manifest": manifest_content(manifest),
-                       "preprocess": PREPROCESS_VERSION})
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What to evaluate a model on: a database's test cases, given every modality combination,
-    the listed subsets (() = each case's own modalities), or all of its modalities."""
-
-    database: str
-    subsets: tuple[tuple[str, ...], ...] = ((),)
-    combinations: bool = False
-
-
-@dataclass(frozen=True)
-class Job:
-    """A model of the study and the evaluations it owes."""
-
-    spec: ModelSpec
-    evaluations: tuple[Evaluation, ...] = ()
-
-
 def as_preset(preset: str | Preset) -> Preset:
     return preset if isinstance(preset, Preset) else load_preset(preset)
-
-
-def spec_from_dict(raw: dict) -> ModelSpec:
-    """The ModelSpec that `dataclasses.asdict` wrote to a model's spec.json."""
-    raw = dict(raw)
-    raw["databases"] = tuple(raw["databases"])
-    raw["parent"] = None if raw.get("parent") is None else spec_from_dict(raw["parent"])
-    return ModelSpec(**raw)
 
 
 @dataclass
@@ -121,15 +102,11 @@ class Study:
     _dbs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        from mmlib.experiments.executors import config_from_env, executor_from_config
-
         self.out_dir = Path(self.out_dir)
         self.preset = as_preset(self.preset)
         self.executor = executor_from_config(config_from_env() if self.executor is None else self.executor)
         distributed.setup(self.device)  # under torchrun: join the other ranks
         self.progress = self.progress and distributed.is_main()
-        from mmlib.data.manifest import ALL_DATABASES, data_root_from_env, use_twins
-
         self.data_root = data_root_from_env(self.data_root)
         self.twins = self.data_root is None and use_twins(ALL_DATABASES)
         self.seeds = tuple(self.preset.seeds if self.seeds is None else self.seeds)
@@ -144,8 +121,6 @@ class Study:
         if not stamp.is_file():
             raise MMLibError("not a study folder (no study.json): run `mmlib study` or `mmlib joint` there first",
                              out_dir)
-        from mmlib.io import read_json
-
         have = read_json(stamp, None)
         if not isinstance(have, dict) or "preset" not in have:
             raise MMLibError("cannot read the study stamp", stamp)
@@ -160,8 +135,6 @@ class Study:
 
     def _claim_folder(self) -> None:
         """Write study.json, or check that the folder holds a study of this layout, preset and data."""
-        from mmlib.io import atomic_write_json, read_json
-
         stamp = self.out_dir / "study.json"
         want = {"layout": LAYOUT_VERSION, "preset": self.preset.name, "data_root": self._data_source()}
         if stamp.is_file():
@@ -202,14 +175,9 @@ class Study:
         return {n: self._dbs[n] for n in names}
 
     def _load(self, names) -> None:
-        from mmlib.data.preprocess import prepare_database
-        from mmlib.data.readers import split_cases
-
         for name in [n for n in names if n not in self._dbs]:
             manifest = load_manifest(name)
             if self.twins:
-                from mmlib.data.synth import ensure_twins
-
                 root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress) / name
             else:
                 root = manifest.resolve_root(None if self.data_root is None else self.data_root / name)
@@ -220,8 +188,8 @@ class Study:
             n_val = self.preset.validation_count(len(train))
             train, val = list(train[:len(train) - n_val]), list(train[len(train) - n_val:])
             self._dbs[name] = Database(manifest, root, train, list(test),
-                                       data_identity(manifest, root, train + val) + f"-v{n_val}",
-                                       data_identity(manifest, root, test), val)
+                                       prepared_identity(manifest, root, train + val) + f"-v{n_val}",
+                                       prepared_identity(manifest, root, test), val)
 
     def data_ids(self, names) -> dict[str, str]:
         """The identity of each database's training cases (what a model's identity holds)."""
@@ -244,13 +212,6 @@ class Study:
 
     def train(self, spec: ModelSpec):
         """The trained model of `spec` (trained now if it is not saved yet) -> (model, channel map)."""
-        from mmlib.data.loaders import ChannelMap, JointBatches
-        from mmlib.engine.checkpoint import load_model
-        from mmlib.engine.device import seed_everything
-        from mmlib.engine.train import train
-        from mmlib.io import atomic_write_json
-        from mmlib.models import ProgressiveUNet, build_model
-
         run_dir = self.model_dir(spec)
         final = run_dir / "final.pt"
         if self.is_trained(spec):
@@ -288,9 +249,6 @@ class Study:
     def _validation(self, dbs: dict[str, Database], cmap) -> Validation | None:
         """Validation Dice of a model during training on its databases' validation cases (all of
         each one's modalities), and the label-free floor on the same cases."""
-        from mmlib.engine.baselines import outlier_baseline
-        from mmlib.engine.evaluate import evaluate_cases
-
         held = {n: d.val for n, d in dbs.items() if d.val}
         if not held:
             return None
@@ -307,8 +265,6 @@ class Study:
     def learning(self, spec: ModelSpec) -> dict:
         """A trained model's record (training.json: precision, validation curve, whether it learnt
         and converged); {} for a model trained before mmlib kept one."""
-        from mmlib.io import read_json
-
         record = distributed.on_main(read_json, self.model_dir(spec) / "training.json", {})
         return record if isinstance(record, dict) else {}
 
@@ -326,7 +282,7 @@ class Study:
     def evaluate(self, spec: ModelSpec, ev: Evaluation, model=None, cmap=None) -> pd.DataFrame:
         """The rows of `spec` evaluated as `ev` says (run now, or read back)."""
         path = self._evaluation_file(spec, ev)
-        saved = distributed.on_main(lambda: _read_rows(path) if path.is_file() else None)
+        saved = distributed.on_main(lambda: read_rows(path) if path.is_file() else None)
         if saved is not None:
             return saved
         if model is None:
@@ -340,9 +296,6 @@ class Study:
         return rows
 
     def _run_evaluation(self, spec: ModelSpec, ev: Evaluation, model, cmap) -> pd.DataFrame:
-        from mmlib.data.modalities import sort_modalities
-        from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases
-
         db = self.databases([ev.database])[ev.database]
         if ev.database not in spec.databases:  # a database the model never saw (Appendix B)
             cmap = eval_channel_map(cmap, db.manifest.modalities)
@@ -362,7 +315,7 @@ class Study:
     def run(self, jobs: list[Job]) -> pd.DataFrame:
         """Train and evaluate what `jobs` need and is not saved yet (through the executor, parents
         before the models fine-tuned from them); every job's rows."""
-        jobs = _with_parents(jobs)
+        jobs = with_parents(jobs)
         pending = distributed.on_main(lambda: [j for j in jobs if not self.is_trained(j.spec) or any(
             not self._evaluation_file(j.spec, e).is_file() for e in j.evaluations)])
         while pending:
@@ -374,10 +327,20 @@ class Study:
 
     def _work(self, jobs: list[Job]) -> None:
         if distributed.collective():  # under torchrun the ranks train each model together
-            from mmlib.experiments.executors import InlineExecutor
-
             return InlineExecutor().run(self, jobs)
         self.executor.run(self, jobs)
+
+    def do_job(self, job: Job) -> None:
+        """Train the job's model (or find it trained) and run the evaluations it owes."""
+        model, cmap = self.train(job.spec)
+        for ev in job.evaluations:
+            self.evaluate(job.spec, ev, model, cmap)
+
+    def reopener(self) -> partial:
+        """A picklable call that opens this study again in another process (an executor's worker):
+        same folder, preset, data, device and seeds, no progress bars, its jobs run inline."""
+        return partial(type(self), self.out_dir, self.preset, data_root=self.data_root, device=self.device,
+                       seeds=self.seeds, progress=False, processes=1, executor="inline")
 
     # -- reading results back ----------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
@@ -390,7 +353,7 @@ class Study:
             if not self.is_current_model(model_dir.name):
                 continue
             for path in sorted(model_dir.glob("*.csv")):
-                rows = _read_rows(path)
+                rows = read_rows(path)
                 db = rows["database"].iloc[0] if len(rows) else None
                 if db is None or rows["eval_settings"].iloc[0] != current_settings:
                     continue
@@ -442,8 +405,6 @@ def _has_channel(cmap, modality: str) -> bool:
 def eval_channel_map(cmap, modalities):
     """The channel map extended for a database the model never saw: its modalities without a
     channel take free channels (Appendix B; SWI -> PD for TBI). Unchanged when none is free."""
-    from mmlib.models import assign_new_modalities
-
     new = [m for m in modalities if not _has_channel(cmap, m)]
     if not new:
         return cmap
@@ -454,72 +415,5 @@ def eval_channel_map(cmap, modalities):
     return cmap.with_assignments({m: mapping[m] for m in new})
 
 
-def _with_parents(jobs: list[Job]) -> list[Job]:
-    """`jobs`, de-duplicated, with a training job for each parent model not among them."""
-    out, seen = [], set()
-
-    def add(job: Job):
-        if job.spec.parent is not None:
-            add(Job(job.spec.parent))
-        key = (job.spec, job.evaluations)
-        if key not in seen:
-            seen.add(key)
-            out.append(job)
-
-    for job in jobs:
-        add(job)
-    return out
-
-
-def _do_job(study: Study, job: Job) -> None:
-    model, cmap = study.train(job.spec)
-    for ev in job.evaluations:
-        study.evaluate(job.spec, ev, model, cmap)
-
-
-def _run_job(state: dict, job: Job) -> str | None:
-    """Worker-process entry of Study.run: train and evaluate one job; the problem as text if it fails."""
-    import torch
-
-    # pick_device gives torch every core unless OMP_NUM_THREADS is set: set it, or the workers
-    # would each take every core and slow one another down several times over.
-    os.environ["OMP_NUM_THREADS"] = str(state["threads"])
-    torch.set_num_threads(state["threads"])
-    try:
-        study = Study(Path(state["out_dir"]), state["preset"], data_root=state["data_root"],
-                      device=state["device"], seeds=state["seeds"], progress=False, processes=1, executor="inline")
-        _do_job(study, job)
-    except Exception as exc:  # reported in the parent, naming the model
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _read_rows(path: Path) -> pd.DataFrame:
-    """Result rows as written: empty text stays '' (a missing metric is NaN)."""
-    try:
-        rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (OSError, ValueError) as exc:
-        raise MMLibError(f"unreadable result rows ({exc}); delete the file to evaluate again", path) from None
-    text = [c for c in rows.columns if not pd.api.types.is_numeric_dtype(rows[c]) or rows[c].isna().all()]
-    text = [c for c in text if c not in ("dice", "sensitivity", "precision", "assd", "n_train_cases", "val_dice",
-                                         "val_floor")]
-    return rows.astype({c: object for c in text}).fillna({c: "" for c in text})
-
-
-def write_rows(rows: pd.DataFrame, path: Path) -> Path:
-    """Write result rows to a CSV atomically (folders made as needed)."""
-    from mmlib.io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        rows.to_csv(tmp, index=False)
-    return path
-
-
-def save_results(df: pd.DataFrame, out_dir: Path, name: str) -> Path:
-    """Write a notebook's tidy rows to out_dir/results/<name>.csv atomically."""
-    return write_rows(df, Path(out_dir) / "results" / f"{name}.csv")
-
-
-__all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "as_preset", "data_identity",
-           "eval_channel_map", "learning_columns", "save_results", "spec_from_dict"]
+__all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "as_preset", "eval_channel_map",
+           "learning_columns"]

@@ -1,5 +1,5 @@
-"""The study's protocol as data: which models it trains, what each one is, and how it departs from
-the paper's protocol.
+"""What the study trains, as data: each model of the study (`ModelSpec`) and the evaluations it owes
+(`Job`, `Evaluation`).
 
 A `ModelSpec` is one trained model of the study (a single-database, joint, leave-one-out or
 fine-tuned net). Its identity is a hash of what decides its weights: the spec itself, the
@@ -10,13 +10,11 @@ processes or progress bars never retrain a model.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
-from mmlib.engine.convergence import RULE as CONVERGENCE_RULE
+from mmlib.data.identity import short_hash
+from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.presets import Preset
 
 #: Bump when the training code changes the weights a spec gives (its models are then retrained).
@@ -61,11 +59,6 @@ SMALL_DATABASES = ("MSSEG", "WMH")
 def single_test_modality(modalities) -> str:
     """Table 5's 'FLAIR or T1' rule: FLAIR if the database has it, else T1."""
     return "FLAIR" if "FLAIR" in modalities else "T1"
-
-
-def short_hash(obj: Any, n: int = 12) -> str:
-    """A short stable hash of JSON-able data (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 @dataclass(frozen=True)
@@ -204,156 +197,51 @@ def limited_label_count(database: str, n_train: int, paper_train: int) -> int:
     return max(2, min(n_train, round(paper * n_train / paper_train)))
 
 
-# -- schedules -----------------------------------------------------------------------------------
-def batch_per_database(preset: Preset, n_databases: int) -> int:
-    """Crops per database per step: the preset's, raised so a batch holds at least `min_batch`
-    crops (on CPU a batch of one picks a slow convolution kernel)."""
-    return max(preset.batch_per_database, -(-preset.min_batch // max(1, n_databases)))
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What to evaluate a model on: a database's test cases, given every modality combination,
+    the listed subsets (() = each case's own modalities), or all of its modalities."""
+
+    database: str
+    subsets: tuple[tuple[str, ...], ...] = ((),)
+    combinations: bool = False
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """How long a spec trains: steps, the step the learning rate drops at, crops per database."""
+class Job:
+    """A model of the study and the evaluations it owes."""
 
-    steps: int
-    lr_drop_step: int
-    batch_per_database: int
-
-    @property
-    def crops_per_database(self) -> int:
-        return self.steps * self.batch_per_database
+    spec: ModelSpec
+    evaluations: tuple[Evaluation, ...] = ()
 
 
-def schedule(spec: ModelSpec, preset: Preset, epoch_length: int | None = None) -> Schedule:
-    """The spec's schedule at `preset`. Presets by epochs (steps 0) need the epoch length of the
-    spec's training sets (the largest database seen once)."""
-    if preset.steps:
-        base = preset.steps
-    elif epoch_length:
-        base = preset.epochs * epoch_length
-    else:
-        raise ValueError(f"preset {preset.name} counts epochs: the epoch length of the training sets is needed")
-    steps = max(1, round(base * spec.step_fraction))
-    return Schedule(steps, max(1, round(steps * preset.lr_drop_fraction)),
-                    batch_per_database(preset, len(spec.databases)))
+def spec_from_dict(raw: dict) -> ModelSpec:
+    """The ModelSpec that `dataclasses.asdict` wrote to a model's spec.json."""
+    raw = dict(raw)
+    raw["databases"] = tuple(raw["databases"])
+    raw["parent"] = None if raw.get("parent") is None else spec_from_dict(raw["parent"])
+    return ModelSpec(**raw)
 
 
-# -- the paper's protocol and ours -----------------------------------------------------------------
-#: The authors' schedule: 600 epochs of the largest training database (ATLAS, 459 cases) in
-#: batches of 2 per database, i.e. 229 steps an epoch.
-PAPER_STEPS = 600 * (459 // 2)
-PAPER_CROPS_PER_DATABASE = PAPER_STEPS * 2
+def with_parents(jobs: list[Job]) -> list[Job]:
+    """`jobs`, de-duplicated, with a training job for each parent model not among them."""
+    out, seen = [], set()
 
+    def add(job: Job):
+        if job.spec.parent is not None:
+            add(Job(job.spec.parent))
+        key = (job.spec, job.evaluations)
+        if key not in seen:
+            seen.add(key)
+            out.append(job)
 
-@dataclass(frozen=True)
-class Deviation:
-    """One aspect of the protocol: the paper's value, ours at a preset, and whether they differ."""
-
-    aspect: str
-    paper: str
-    ours: str
-    differs: bool = field(default=True)
-
-
-def _fraction(x: float) -> str:
-    return f"{x:.2f}".rstrip("0").rstrip(".")
-
-
-def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
-    """Every aspect of the training and evaluation protocol, the paper's value beside the preset's
-    (the paper's: its Methods, Appendix A and the authors' published code). `precision`: what a
-    run's models really trained in (mmlib.experiments.learning.run_precision), where known."""
-    plan = preset.study
-    joint = Schedule(preset.steps, 0, batch_per_database(preset, len(TRAINING_DATABASES))) if preset.steps else None
-    sd_batch = batch_per_database(preset, 1)
-    if preset.steps:
-        sd_steps = max(1, round(preset.steps * plan.sd_fraction))
-        ft_steps = max(1, round(preset.steps * plan.finetune_fraction))
-        crops = (f"joint {joint.crops_per_database:,}; single-database {sd_steps * sd_batch:,}; "
-                 f"fine-tuning {ft_steps * sd_batch:,}")
-        steps = (f"{preset.steps:,} steps (single-database x{_fraction(plan.sd_fraction)}, fine-tuning "
-                 f"x{_fraction(plan.finetune_fraction)}); lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them")
-    else:  # by epochs: on the real databases, the paper's schedule
-        crops = (f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)" if (preset.epochs, preset.batch_per_database) == (600, 2)
-                 else f"{preset.epochs} epochs x {preset.batch_per_database} per step")
-        steps = (f"600 epochs ({PAPER_STEPS:,} steps); lr x0.1 after 0.25 of them"
-                 if (preset.epochs, preset.lr_drop_fraction) == (600, 0.25) else
-                 f"{preset.epochs} epochs of the largest database; lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them")
-    planes = ", ".join(f"({a}, {b})" for a, b in preset.rotate_planes)
-    skipped = _skipped_models(preset)
-    rows = [
-        ("voxel spacing", "1 mm", f"{preset.spacing_mm:g} mm"),
-        ("training crop and sliding window", "128³", f"{preset.crop}³"),
-        ("crop sampling", "uniform random crops",
-         "uniform random crops" if not preset.lesion_crop_p else
-         f"{_fraction(preset.lesion_crop_p)} of crops centred on a lesion voxel, the rest uniform"),
-        ("network width", "x1 (16-256 channels)", f"x{preset.width:g}"),
-        ("schedule", f"600 epochs ({PAPER_STEPS:,} steps); lr x0.1 after 0.25 of them", steps),
-        ("crops seen per database by one model", f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)", crops),
-        ("precision", "float32", precision or (
-            "bf16 autocast, training and evaluation, where the network passes a bf16 self-check on the machine "
-            "(else, and on a CPU without native bf16, float32; a non-finite value under bf16 goes back to the "
-            "last finite state in float32)" if preset.amp else "float32")),
-        ("rotation", "90° in plane (0, 2), p 0.1", f"90° in plane{'s' if len(preset.rotate_planes) > 1 else ''} "
-                                                   f"{planes}, p {preset.rotate_p:g}"),
-        ("seeds per model", "3", str(len(preset.seeds))),
-        ("train/test split", "case files sorted by name, the last ones are test",
-         "same, with the paper's counts (scaled to a twin's size)"),
-        ("background outside the brain", "-mean/std (the whole volume z-scored with the brain's statistics)",
-         "0 (z-scored inside the brain, zero outside)"),
-        ("validation during training", "Dice on held-out cases, to pick the checkpoint",
-         f"{preset.val_fraction:.0%} of each database's training cases held out (the last by name; "
-         f"{preset.val_min_cases} to {preset.val_max_cases}), Dice at {preset.val_points} points of training; "
-         f"{CONVERGENCE_RULE}"),
-        ("model selection", "the checkpoint with the best Dice on the held-out cases",
-         "the final weights (nothing is chosen on test cases)" if preset.model_selection == "final" else
-         "the weights with the best validation Dice (held-out training cases, never test cases)"),
-        ("Dice loss", "per sample (MONAI default)", "per batch" if preset.dice_batch else "per sample (MONAI default)"),
-        ("models trained", "all of the paper's", "; ".join(skipped) if skipped else "all of the paper's"),
-    ]
-    return [Deviation(a, p, o, differs=p != o) for a, p, o in rows]
-
-
-def _skipped_models(preset: Preset) -> list[str]:
-    """What the preset's study plan leaves out of the paper's grid of models."""
-    plan, full = preset.study, type(preset.study)()
-    out = []
-    for arch in full.fusion_archs:
-        dbs = plan.fusion_databases if arch in plan.fusion_archs else ()
-        if set(dbs) != set(full.fusion_databases):
-            name = ARCHITECTURES[arch].paper_name
-            out.append(f"single-database {name} on {', '.join(dbs)} only" if dbs else f"no single-database {name}")
-    missing = [str(v) for v in full.joint_variants if v not in plan.joint_variants]
-    if missing:
-        out.append(f"no joint {', '.join(missing)}")
-    if not plan.joint_all_combinations:
-        out.append("joint models evaluated with all modalities only")
-    if set(plan.loo_targets) != set(full.loo_targets):
-        out.append(f"leave-one-out on {', '.join(plan.loo_targets) or 'none'} only")
-    if plan.sd_fraction < 1 or plan.finetune_fraction < 1:
-        out.append("shorter single-database and fine-tuning schedules (see schedule)")
+    for job in jobs:
+        add(job)
     return out
-
-
-def deviation_line(preset: Preset) -> str:
-    """The deviations that differ, in one line (printed under every table)."""
-    return f"Deviations from the paper at preset {preset.name}: " + "; ".join(
-        f"{d.aspect}: {d.ours} (paper: {d.paper})" for d in deviations(preset) if d.differs) + "."
-
-
-def deviations_markdown(presets: list[Preset]) -> str:
-    """A Markdown table: one row per aspect, the paper's column, then one column per preset."""
-    heads = ["aspect", "paper", *[p.name for p in presets]]
-    table = [deviations(p) for p in presets]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for i, d in enumerate(table[0]):
-        cells = [d.aspect, d.paper, *[(t[i].ours if t[i].differs else "same") for t in table]]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    return "\n".join(lines)
 
 
 __all__ = ["TRAINING_VERSION", "Architecture", "ARCHITECTURES", "NEW_MODALITY_SETS", "DISPLAY_NAMES",
            "PAPER_LIMITED_LABELS", "SMALL_DATABASES", "single_test_modality", "short_hash", "ModelSpec",
-           "sd_spec", "joint_spec", "loo_spec", "finetune_spec", "limited_label_count", "batch_per_database",
-           "Schedule", "schedule", "Deviation", "deviations", "deviation_line", "deviations_markdown",
-           "EVALUATION_DATABASES", "TRAINING_DATABASES"]
+           "sd_spec", "joint_spec", "loo_spec", "finetune_spec", "limited_label_count", "Evaluation", "Job",
+           "spec_from_dict", "with_parents"]

@@ -2,8 +2,8 @@
 as Slurm jobs through submitit.
 
 `Study.run` hands each wave of ready jobs (parents before the models fine-tuned from them) to its
-executor. Every job reopens the study folder in its own process and trains and evaluates one
-`Job`; models are found again by identity, so a job resubmitted after a failure, a timeout or a
+executor. Every job reopens the study folder in its own process (`Study.reopener`) and trains and
+evaluates one `Job` (`Study.do_job`): this module knows a study only by those calls, never imports it; models are found again by identity, so a job resubmitted after a failure, a timeout or a
 preemption resumes from its last.pt. The executor is never part of a model's identity.
 
 Configuration, as a mapping (a YAML file, `mmlib study --executor ...` options, or JSON in
@@ -20,17 +20,25 @@ $MMLIB_EXECUTOR, which is how the notebooks `mmlib study` runs see it):
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from mmlib.engine import distributed
+from mmlib.engine.device import cpu_count
 from mmlib.errors import MMLibError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mmlib.experiments.study import Job, Study
+from mmlib.experiments.plan.schedule import batch_per_database
+from mmlib.experiments.plan.specs import Job
+from mmlib.io import atomic_write_json, read_json
 
 #: The environment variable holding the executor configuration (JSON) for notebook kernels.
 EXECUTOR_ENV = "MMLIB_EXECUTOR"
@@ -44,13 +52,26 @@ except ImportError:  # pragma: no cover - submitit is a dependency; the local ex
     _Checkpointable = object
 
 
-def _study_state(study: "Study", threads: int | None) -> dict:
-    """What a job's process needs to reopen the study (picklable)."""
-    return {"out_dir": str(study.out_dir), "preset": study.preset, "data_root": study.data_root,
-            "device": study.device, "seeds": study.seeds, "threads": threads}
+def run_job(reopen: Callable, threads: int | None, job: Job) -> str | None:
+    """Worker-process entry of LocalExecutor: reopen the study, train and evaluate one job; the
+    problem as text if it fails."""
+    # pick_device gives torch every core unless OMP_NUM_THREADS is set: set it, or the workers
+    # would each take every core and slow one another down several times over.
+    _use_threads(threads)
+    try:
+        reopen().do_job(job)
+    except Exception as exc:  # reported in the parent, naming the model
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
-def _prepare(study: "Study", jobs: list["Job"]) -> None:
+def _use_threads(threads: int | None) -> None:
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def _prepare(study, jobs: list[Job]) -> None:
     """Make and preprocess the jobs' data here, once, before any job reads it from the cache."""
     study.databases(sorted({d for j in jobs for e in j.evaluations for d in (*j.spec.databases, e.database)}
                            | {d for j in jobs for s in _lineage(j.spec) for d in s.databases}))
@@ -62,7 +83,7 @@ def _lineage(spec):
         spec = spec.parent
 
 
-def _longest_first(study: "Study", jobs: list["Job"]) -> list["Job"]:
+def _longest_first(study, jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda j: j.spec.cost((study.preset.steps or 1) * j.spec.step_fraction), reverse=True)
 
 
@@ -73,11 +94,9 @@ class InlineExecutor:
 
     kind = "inline"
 
-    def run(self, study: "Study", jobs: list["Job"]) -> None:
-        from mmlib.experiments.study import _do_job
-
+    def run(self, study, jobs: list[Job]) -> None:
         for job in jobs:
-            _do_job(study, job)
+            study.do_job(job)
 
 
 def worker_gpus(workers: int, visible: list[str]) -> list[str | None]:
@@ -87,8 +106,6 @@ def worker_gpus(workers: int, visible: list[str]) -> list[str | None]:
 
 def _visible_gpus(device: str) -> list[str]:
     """The GPUs this process sees, when the study trains on CUDA and there are several."""
-    import torch
-
     if str(device).startswith("cpu") or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -111,19 +128,11 @@ class LocalExecutor:
     processes: int | None = None
     kind = "local"
 
-    def run(self, study: "Study", jobs: list["Job"]) -> None:
+    def run(self, study, jobs: list[Job]) -> None:
         n = min(self.processes or study.processes or 1, len(jobs))
         if n <= 1:
             return InlineExecutor().run(study, jobs)
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from tqdm.auto import tqdm
-
-        from mmlib.engine.device import cpu_count
-        from mmlib.experiments.study import _run_job
-
-        state = _study_state(study, max(1, cpu_count() // n))
+        threads = max(1, cpu_count() // n)
         _prepare(study, jobs)
         ctx = mp.get_context("spawn")
         slots = ctx.Queue()
@@ -131,7 +140,7 @@ class LocalExecutor:
             slots.put(gpu)
         order = _longest_first(study, jobs)  # the pool ends together
         with ProcessPoolExecutor(n, mp_context=ctx, initializer=_pin_gpu, initargs=(slots,)) as pool:
-            futures = {pool.submit(_run_job, state, j): j for j in order}
+            futures = {pool.submit(run_job, study.reopener(), threads, j): j for j in order}
             bar = tqdm(as_completed(futures), total=len(futures), disable=not study.progress,
                        desc=f"{len(order)} models in {n} processes", unit="model")
             failed = []  # the wave finishes: every other model is kept, every failure named
@@ -238,7 +247,7 @@ class SubmititExecutor:
 
     def _executor(self, folder: Path):
         try:
-            import submitit
+            import submitit  # optional: only the slurm executor needs it
         except ImportError:
             raise MMLibError("the slurm executor needs submitit: pip install submitit") from None
         try:
@@ -247,9 +256,7 @@ class SubmititExecutor:
             raise MMLibError(f"the slurm executor cannot submit from this machine ({exc}); run mmlib on a "
                              f"Slurm login node, or try the path here with --slurm-cluster local", folder) from None
 
-    def run(self, study: "Study", jobs: list["Job"]) -> None:
-        from mmlib.experiments.protocol import batch_per_database
-
+    def run(self, study, jobs: list[Job]) -> None:
         folder = study.out_dir / "slurm"
         _prepare(study, jobs)
         executor = self._executor(folder)
@@ -260,19 +267,15 @@ class SubmititExecutor:
         n_ranks = {job: self.ranks(g) for job, g in batch.items()}
         threads = None
         if self.cluster == "local":  # the jobs' ranks share this machine's cores
-            from mmlib.engine.device import cpu_count
-
             threads = max(1, cpu_count() // sum(n_ranks.values()))
-        state = _study_state(study, threads)
+        reopen = study.reopener()
         handles = []
         for job in _longest_first(study, jobs):
             marker = folder / "jobs" / f"{study.model_dir(job.spec).name}.json"
             handle = self._still_running(marker)
             if handle is None:
                 executor.update_parameters(**self.parameters(batch[job]), name=f"mmlib-{job.spec.name}")
-                handle = executor.submit(StudyJob(state, job))
-                from mmlib.io import atomic_write_json
-
+                handle = executor.submit(StudyJob(reopen, threads, job))
                 atomic_write_json(marker, {"job_id": handle.job_id, "cluster": self.cluster, "tasks": n_ranks[job],
                                            "model": job.spec.name, "seed": job.spec.seed})
             if study.progress:
@@ -297,13 +300,11 @@ class SubmititExecutor:
     def _still_running(self, marker: Path):
         """The Slurm job a marker names, if the queue still holds it (a re-run waits for it rather
         than submitting a twin that would train the same folder)."""
-        from mmlib.io import read_json
-
         info = read_json(marker, None)
         if self.cluster != "slurm" or not isinstance(info, dict) or info.get("cluster") != "slurm":
             return None  # local and debug jobs end with the process that started them
         try:
-            import submitit
+            import submitit  # optional: only the slurm executor needs it
 
             handle = submitit.SlurmJob(folder=marker.parents[1], job_id=str(info["job_id"]),
                                        tasks=list(range(int(info.get("tasks", 1)))))
@@ -346,29 +347,20 @@ class StudyJob(_Checkpointable):
     ranks under torch.distributed when it has several) and trains and evaluates the job's model.
     On a timeout or preemption submitit resubmits it as is, and it resumes from last.pt."""
 
-    def __init__(self, state: dict, job: "Job"):
-        self.state, self.job = state, job
+    def __init__(self, reopen: Callable, threads: int | None, job: Job):
+        self.reopen, self.threads, self.job = reopen, threads, job
 
     def __call__(self) -> str:
-        import submitit
-
-        from mmlib.engine import distributed
-        from mmlib.experiments.study import Study, _do_job
+        import submitit  # optional: only the slurm executor needs it
 
         if submitit.JobEnvironment().num_tasks > 1:
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK of this task; the GPU is picked by
             # LOCAL_RANK among the visible ones (distributed.setup).
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        if self.state.get("threads"):
-            import torch
-
-            os.environ["OMP_NUM_THREADS"] = str(self.state["threads"])
-            torch.set_num_threads(self.state["threads"])
+        _use_threads(self.threads)
         try:
-            study = Study(Path(self.state["out_dir"]), self.state["preset"], data_root=self.state["data_root"],
-                          device=self.state["device"], seeds=self.state["seeds"], progress=False, processes=1,
-                          executor="inline")
-            _do_job(study, self.job)
+            study = self.reopen()
+            study.do_job(self.job)
             return study.model_dir(self.job.spec).name
         finally:
             distributed.teardown()
@@ -415,8 +407,6 @@ def executor_from_config(config, where: str | Path | None = None):
 
 def load_executor_config(path: str | Path) -> dict:
     """The mapping in an executor configuration file (YAML or JSON)."""
-    import yaml
-
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -443,5 +433,5 @@ def config_from_env() -> dict | None:
     return config
 
 
-__all__ = ["EXECUTOR_ENV", "InlineExecutor", "LocalExecutor", "StudyJob", "SubmititExecutor", "config_from_env",
-           "executor_from_config", "job_failure", "load_executor_config", "parse_time", "worker_gpus"]
+__all__ = ["EXECUTOR_ENV", "SETTINGS", "InlineExecutor", "LocalExecutor", "StudyJob", "SubmititExecutor", "config_from_env",
+           "executor_from_config", "job_failure", "load_executor_config", "parse_time", "run_job", "worker_gpus"]

@@ -10,10 +10,13 @@ import pandas as pd
 
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine import distributed
-from mmlib.experiments.grid import baselines, joint_jobs
-from mmlib.experiments.study import Study, as_preset, write_rows
+from mmlib.experiments.plan.jobs import joint_jobs
+from mmlib.experiments.results.rows import write_rows
+from mmlib.experiments.run.experiments import baselines
+from mmlib.experiments.run.study import Study, as_preset
 from mmlib.io import atomic_path, atomic_write_json
 from mmlib.presets import JointVariant
+from mmlib.viz import plot_combination_dice
 
 
 def summarise(results: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
@@ -50,7 +53,7 @@ def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch
         preset = preset.with_(steps=int(steps))
     study = Study(Path(out_dir), preset, data_root=data_root, device=device, seeds=(seed,), progress=progress,
                   executor=executor)
-    jobs = joint_jobs(study, [JointVariant(arch, drop)], seeds=(seed,))
+    jobs = joint_jobs(preset, (seed,), [JointVariant(arch, drop)])
     results = study.run(jobs)
     study.databases(TRAINING_DATABASES)  # every rank, before rank 0 reads them alone
     summary = distributed.on_main(_summarise_and_write, study, jobs, results, preset, arch, drop, seed)
@@ -59,8 +62,6 @@ def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch
 
 def _summarise_and_write(study: Study, jobs, results: pd.DataFrame, preset, arch: str, drop: bool, seed: int
                          ) -> pd.DataFrame:
-    from mmlib.viz import plot_combination_dice
-
     baseline = pd.concat([baselines(study, db, None) for db in TRAINING_DATABASES], ignore_index=True)
     summary = summarise(results, baseline)
     folder = study.out_dir / "joint" / study.model_dir(jobs[0].spec).name

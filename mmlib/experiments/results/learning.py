@@ -3,7 +3,7 @@ on held-out training cases, final loss, the convergence rule's verdict) as table
 the precision a run's models actually trained in, for the protocol table.
 
 The rule itself lives in mmlib.engine.convergence; the findings read the same verdicts from the
-result rows (mmlib.experiments.findings)."""
+result rows (mmlib.experiments.results.findings)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pandas as pd
 from mmlib.engine.convergence import LEARNT_RULE, RULE, judge_record
 from mmlib.errors import MMLibError
 from mmlib.io import atomic_path, atomic_write_json
+from mmlib.viz import plot_learning_curves
 
 
 def model_records(study) -> list[dict]:
@@ -91,8 +92,6 @@ def run_precision(records: list[dict]) -> str | None:
 def save_learning_curves(records: list[dict], out_dir: str | Path):
     """Draw the validation curves of `records` and write them to out_dir/figures/learning_curves.png
     atomically; the figure (the caller closes it), or None when no model kept a curve."""
-    from mmlib.viz import plot_learning_curves
-
     curves = curves_frame(records)
     if curves.empty:
         return None

@@ -4,15 +4,13 @@ labelled as reference: in report.md, notebook 99 and the results explorer.
 
 Each lives in mmlib/reference/<name>/: provenance.json, results.csv.gz (the study's current rows),
 findings.json, report.md and notebooks/ (the study's executed notebooks with their outputs, pictures
-shrunk; absent when it kept none). `save_reference` writes one from a finished study folder.
+shrunk; absent when it kept none). This module reads them; `publish.save_reference` writes one
+from a finished study folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from mmlib.errors import MMLibError
-from mmlib.experiments.executed_notebooks import keep_executed_notebooks
+from mmlib.experiments.results.rows import read_rows
+from mmlib.experiments.results.tables import tidy_results
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "reference"
 _PROVENANCE_KEYS = ("preset", "commit", "device", "wall_time", "date")
 
 
@@ -37,9 +36,16 @@ class ReferenceRun:
 
     @cached_property
     def results(self) -> pd.DataFrame:
-        from mmlib.experiments.study import _read_rows
+        return read_rows(self.folder / "results.csv.gz")
 
-        return _read_rows(self.folder / "results.csv.gz")
+    @cached_property
+    def findings(self) -> dict:
+        """The findings as the run judged them (findings.json's 'findings': verdicts and clauses)."""
+        path = self.folder / "findings.json"
+        try:
+            return json.loads(path.read_text())["findings"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise MMLibError(f"unreadable findings ({exc})", path) from None
 
     @cached_property
     def records(self) -> list[dict]:
@@ -87,8 +93,6 @@ def agreement(results: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     """Per model (name and seed) and database that both runs evaluated with all modalities on the
     same test data (eval_data_id, where both rows carry it): our mean Dice, the reference's with its
     95% interval over its test cases, and whether ours lies in it."""
-    from mmlib.experiments.tables import tidy_results
-
     if results.empty or reference.empty:
         return pd.DataFrame()
     ours, ref = (tidy_results(r) for r in (results, reference))
@@ -112,64 +116,4 @@ def agreement(results: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def describe_device() -> str:
-    """The machine a run trained on: the GPU's name, else the CPU's model and cores."""
-    import torch
-
-    from mmlib.engine.device import cpu_count
-    from mmlib.engine.precision import machine_name
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU)"
-    return f"{machine_name(torch.device('cpu'))}, {cpu_count()} CPU cores"
-
-
-def current_commit(repo: Path | None = None) -> str:
-    """The git commit of the mmlib checkout (with '+changes' when its tree differs), or 'unknown'."""
-    repo = repo or Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
-
-
-def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DIR, **provenance) -> Path:
-    """Write a finished study's rows, findings, report and executed notebooks as reference run `name`
-    (replacing one of that name); returns its folder."""
-    from mmlib.experiments.findings import evaluate_findings, findings_json
-    from mmlib.experiments.report import study_report
-
-    from mmlib.experiments.learning import model_records
-
-    results = study.results()
-    if results.empty:
-        raise MMLibError("the study has no results to keep as a reference", study.out_dir)
-    records = model_records(study)
-    info = {"preset": study.preset.name, "commit": current_commit(), "device": describe_device(),
-            "wall_time": wall_time, "date": pd.Timestamp.now().strftime("%Y-%m-%d"), **provenance}
-    timings = Path(study.out_dir) / "timings.json"
-    if timings.is_file():
-        info["notebook_seconds"] = json.loads(timings.read_text())
-    tmp = Path(folder) / f".{name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    results.to_csv(tmp / "results.csv.gz", index=False)
-    (tmp / "findings.json").write_text(json.dumps(findings_json(evaluate_findings(results)), indent=2))
-    (tmp / "provenance.json").write_text(json.dumps(info, indent=2))
-    (tmp / "learning.json").write_text(json.dumps(records, indent=1))
-    (tmp / "report.md").write_text(study_report(study.out_dir, study.preset, results,
-                                                title=f"Reference run {name}", provenance=info, records=records))
-    keep_executed_notebooks(Path(study.out_dir), tmp / "notebooks")
-    final = Path(folder) / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
-
-
-__all__ = ["REFERENCE_DIR", "ReferenceRun", "reference_runs", "reference_results", "agreement", "describe_device",
-           "current_commit", "save_reference"]
+__all__ = ["REFERENCE_DIR", "ReferenceRun", "reference_runs", "reference_results", "agreement"]

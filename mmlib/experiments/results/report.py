@@ -1,48 +1,43 @@
 """One Markdown report of a study run, built from its saved results: how it departs from the
-paper's protocol, how long each notebook took, every table beside the paper's (the deviations
-under each), and every clause of F1-F6 with its effect, 95% interval and verdict."""
+paper's protocol (once, at the top), how long each notebook took, every table beside the paper's
+(a one-line note under each names the aspects that differ), and every clause of F1-F6 with
+its effect, 95% interval and verdict."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from mmlib.experiments.findings import evaluate_findings, findings_markdown
-from mmlib.experiments.protocol import deviation_line, deviations
-from mmlib.experiments.tables import TABLES
+from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
+from mmlib.experiments.results.findings import FINDINGS, evaluate_findings, findings_markdown
+from mmlib.experiments.results.learning import (learning_frame, learning_summary, model_records, run_precision,
+                                                save_learning_curves)
+from mmlib.experiments.results.markdown import markdown_table
+from mmlib.experiments.results.reference import agreement, reference_runs
+from mmlib.experiments.results.tables import TABLES
+from mmlib.io import atomic_write_text
 from mmlib.presets import Preset
-
-
-def markdown_table(df: pd.DataFrame, decimals: int = 3) -> str:
-    """A pipe table of `df` (index as leading columns); numbers rounded, NaN as '–'."""
-    flat = df.reset_index()
-    heads = [" ".join(str(p) for p in c if str(p)) if isinstance(c, tuple) else str(c) for c in flat.columns]
-
-    def cell(v, head):
-        if isinstance(v, float):
-            return "–" if pd.isna(v) else str(int(v)) if head == "seeds" else f"{v:.{decimals}f}"
-        return "–" if v is None else str(v).replace("|", "/")
-
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    lines += ["| " + " | ".join(cell(v, h) for v, h in zip(row, heads)) + " |"
-              for row in flat.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def deviations_table(preset: Preset, precision: str | None = None) -> str:
     """The preset's protocol beside the paper's, one aspect a row (`precision`: the run's own)."""
-    rows = pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({preset.name})": d.ours,
-                          "differs": "yes" if d.differs else ""} for d in deviations(preset, precision)]
-                        ).set_index("aspect")
-    return markdown_table(rows)
+    return markdown_table(deviations_frame(preset, precision))
+
+
+def deviations_markdown(presets: list[Preset]) -> str:
+    """One row per aspect, the paper's column, then one column per preset ('same' where it agrees)."""
+    frames = [deviations_frame(p) for p in presets]
+    table = frames[0][["paper"]].copy()
+    for p, f in zip(presets, frames):
+        table[p.name] = [ours if differs else "same" for ours, differs in zip(f[f"ours ({p.name})"], f["differs"])]
+    return markdown_table(table)
 
 
 def learning_section(records: list[dict], figure: str | None = None) -> list[str]:
     """'Did each model learn?': the rule's verdict per model, and the validation curves' figure."""
-    from mmlib.experiments.learning import learning_frame, learning_summary
-
     lines = ["## Did each model learn?", "", learning_summary(records), ""]
     if records:
         lines += [markdown_table(learning_frame(records)), ""]
@@ -54,8 +49,6 @@ def learning_section(records: list[dict], figure: str | None = None) -> list[str
 def agreement_section(results: pd.DataFrame, references: dict | None) -> list[str]:
     """Whether this run agrees with each shipped reference run of its preset: every model's
     all-modality Dice per database against the reference's 95% interval over its test cases."""
-    from mmlib.experiments.reference import agreement
-
     lines = []
     for name, run in (references or {}).items():
         table = agreement(results, run.results)
@@ -78,8 +71,8 @@ def agreement_section(results: pd.DataFrame, references: dict | None) -> list[st
 
 def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, pd.DataFrame] | None = None
                    ) -> list[str]:
-    """Each registered table beside the reference runs' and the paper's, with the preset's deviations
-    under it."""
+    """Each registered table beside the reference runs' and the paper's, with a one-line note under it
+    naming the aspects in which the protocol differs (the deviations table at the top states them)."""
     lines = []
     for spec in TABLES.values():
         lines += [f"## {spec.name}: {spec.caption}", ""]
@@ -95,7 +88,8 @@ def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, 
             continue
         below = "".join(f", then reference run `{n}`" for n in references or {})
         lines += [f"Our row first{below}, the paper's last (`paper`).", "",
-                  markdown_table(spec.side_by_side(results, references)), "", f"*{deviation_line(preset)}*", ""]
+                  markdown_table(spec.side_by_side(results, references)), "",
+                  f"*{deviation_note(preset)}*", ""]
     return lines
 
 
@@ -103,17 +97,12 @@ def references_section(references) -> list[str]:
     """Which reference runs the tables show beside ours, and their findings' verdicts."""
     if not references:
         return []
-    import json
-
     lines = ["## Reference runs shown beside this one", "",
              "Shipped with mmlib (mmlib/reference/), made from a fresh clone; they are not this run.", ""]
     lines += [f"- `{run.name}`: {run.label()}" for run in references.values()]
-    lines += ["", "| finding | " + " | ".join(f"reference {n}" for n in references) + " |",
-              "|---|" + "---|" * len(references)]
-    verdicts = {n: json.loads((r.folder / "findings.json").read_text())["findings"] for n, r in references.items()}
-    for f in ("F1", "F2", "F3", "F4", "F5", "F6"):
-        lines.append(f"| {f} | " + " | ".join(verdicts[n].get(f, {}).get("verdict", "–") for n in references) + " |")
-    return lines + [""]
+    verdicts = pd.DataFrame({f"reference {n}": [r.findings.get(f, {}).get("verdict", "–") for f in FINDINGS]
+                             for n, r in references.items()}, index=pd.Index(FINDINGS, name="finding"))
+    return lines + ["", markdown_table(verdicts), ""]
 
 
 def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, title: str | None = None,
@@ -122,23 +111,22 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
     """The report's Markdown for the results of a study folder (tables it cannot fill say so), with
     the reference runs (`ReferenceRun` by name) beside it; `records`: the models' training records
     (did each learn?), `curves_figure`: the learning curves' image, relative to the report."""
-    from mmlib.experiments.learning import run_precision
-
     out_dir = Path(out_dir)
     records = records or []
     lines = [f"# {title or f'Study report: preset {preset.name}'}", ""]
     if provenance:
         lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items() if not isinstance(v, dict)), ""]
-    lines += ["## Protocol: ours beside the paper's", "", deviations_table(preset, run_precision(records)), ""]
+    lines += ["## Protocol: ours beside the paper's", "",
+              "How this run departs from the paper's protocol, stated once: each table below names the aspects only.",
+              "", deviations_table(preset, run_precision(records)), ""]
     lines += learning_section(records, curves_figure)
     same = {n: r for n, r in (references or {}).items() if r.provenance.get("preset") == preset.name}
     lines += agreement_section(results, same)
     timings = out_dir / "timings.json"
     if timings.is_file():
         secs = json.loads(timings.read_text())
-        lines += ["| notebook | minutes |", "|---|---|"]
-        lines += [f"| {name} | {s / 60:.1f} |" for name, s in secs.items()]
-        lines += [f"| total | {sum(secs.values()) / 60:.1f} |", ""]
+        minutes = pd.Series({**secs, "total": sum(secs.values())}, name="minutes") / 60
+        lines += [markdown_table(minutes.rename_axis("notebook").to_frame(), decimals=1), ""]
     lines += table_sections(results, preset, {n: r.results for n, r in (references or {}).items()})
     lines += ["## Findings F1–F6, clause by clause", "",
               "Effects with 95% bootstrap intervals over test cases (and seeds); a clause holds when the whole "
@@ -152,16 +140,10 @@ def write_report(study, provenance: dict | None = None) -> Path:
     """Write <study folder>/report.md atomically from the study's current results and its models'
     training records (learning curves in figures/learning_curves.png), the shipped reference runs
     beside them."""
-    from mmlib.experiments.learning import model_records, save_learning_curves
-    from mmlib.experiments.reference import reference_runs
-    from mmlib.io import atomic_write_text
-
     records = model_records(study)
     fig = save_learning_curves(records, study.out_dir)
     figure = None
     if fig is not None:
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
         figure = "figures/learning_curves.png"
     return atomic_write_text(Path(study.out_dir) / "report.md", study_report(

@@ -6,26 +6,27 @@ A block in README.md sits between two markers and names what it shows and from w
     ...generated...
     <!-- /mmlib -->
 
-`python -m mmlib.experiments.readme_blocks` rewrites every block from mmlib/reference/;
+`python -m mmlib.experiments.results.readme_blocks` rewrites every block from mmlib/reference/;
 `--check` exits 1 naming the blocks that drifted (the test suite runs the same check).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from mmlib.errors import MMLibError
-from mmlib.experiments.learning import learning_frame, learning_summary
-from mmlib.experiments.reference import REFERENCE_DIR, ReferenceRun, reference_runs
-from mmlib.experiments.report import markdown_table
-from mmlib.experiments.tables import table_by_name
+from mmlib.experiments.results.learning import learning_frame, learning_summary
+from mmlib.experiments.results.markdown import markdown_table
+from mmlib.experiments.results.reference import REFERENCE_DIR, ReferenceRun, reference_runs
+from mmlib.experiments.results.tables import table_by_name
 from mmlib.io import atomic_write_text
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 _BLOCK = re.compile(r"(<!-- mmlib:(?P<kind>[\w-]+):(?P<run>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /mmlib -->)", re.S)
 
 
@@ -42,9 +43,8 @@ def table3(run: ReferenceRun) -> str:
 
 def findings(run: ReferenceRun) -> str:
     """Each finding's verdict and every clause's effect, 95% interval and verdict, as saved."""
-    saved = json.loads((run.folder / "findings.json").read_text())["findings"]
-    lines = ["| finding | verdict | clauses: effect [95% CI] verdict |", "|---|---|---|"]
-    for name, f in saved.items():
+    rows = []
+    for name, f in run.findings.items():
         parts = []
         for c in f["clauses"]:
             low, high = c["ci95"]
@@ -55,8 +55,8 @@ def findings(run: ReferenceRun) -> str:
             elif c.get("not_converged"):
                 note = " (not converged: " + ", ".join(c["not_converged"]) + ")"
             parts.append(f"{c['clause'].removeprefix(name + ' ')} {_fmt(c['value'])}{ci} {c['verdict']}{note}")
-        lines.append(f"| {name} | {f['verdict']} | " + "; ".join(parts).replace("|", "/") + " |")
-    return "\n".join(lines)
+        rows.append({"finding": name, "verdict": f["verdict"], "clauses: effect [95% CI] verdict": "; ".join(parts)})
+    return markdown_table(pd.DataFrame(rows).set_index("finding"))
 
 
 def learning(run: ReferenceRun) -> str:
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     if args.check:
         stale = drifted(text)
         if stale:
-            print(f"README blocks out of date: {', '.join(stale)}; run python -m mmlib.experiments.readme_blocks",
+            print(f"README blocks out of date: {', '.join(stale)}; run python -m mmlib.experiments.results.readme_blocks",
                   file=sys.stderr)
             return 1
         return 0

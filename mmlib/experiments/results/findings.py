@@ -3,7 +3,7 @@
 Each finding is split into the clauses of the paper's sentence (`CLAUSES`: the words each tests,
 the effect it measures, its threshold and why). A clause's effect is the mean over its groups
 (architectures, databases or targets) of a signed sum of table cells. On our results every cell
-is built from per-case values (mmlib.experiments.tables terms), so the effect is bootstrapped:
+is built from per-case values (mmlib.experiments.results.tables terms), so the effect is bootstrapped:
 test cases resampled within each database and seeds resampled, the same draws for every model
 (paired). Verdict per clause:
 
@@ -23,6 +23,7 @@ clauses as point values (it publishes no per-case results), as a check of the re
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ import pandas as pd
 
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine.convergence import LEARNT_MARGIN, beats_floor
-from mmlib.experiments import tables as T
-from mmlib.experiments.paper import paper_finding, paper_table
-from mmlib.experiments.protocol import ARCHITECTURES, SMALL_DATABASES
+from mmlib.experiments.plan.specs import ARCHITECTURES, SMALL_DATABASES
+from mmlib.experiments.results import tables as T
+from mmlib.experiments.results.markdown import markdown_table
+from mmlib.experiments.results.paper import paper_finding, paper_table
+from mmlib.io import atomic_write_json
 
 FINDINGS = ("F1", "F2", "F3", "F4", "F5", "F6")
 #: Bootstrap replicates and the generator's seed (fixed: a verdict never changes between readings).
@@ -246,7 +249,7 @@ def _flag(value) -> bool | None:
 
 def model_states(df: pd.DataFrame) -> dict[tuple[str, str], ModelState]:
     """Per (model_id, database) of tidy rows: whether the model learnt what its rows there need and
-    whether it converged, from the learning columns its rows carry (mmlib.experiments.study).
+    whether it converged, from the learning columns its rows carry (mmlib.experiments.run.study).
     Rows without them (runs made before mmlib recorded learning) count as not learnt where the
     model predicts no lesion at all (Dice 0 on every row), else as not recorded."""
     if df.empty or "model_id" not in df:
@@ -337,8 +340,6 @@ class _quiet:
     """Silence numpy's 'mean of empty slice' warning (an all-missing draw gives NaN, dropped later)."""
 
     def __enter__(self):
-        import warnings
-
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -433,8 +434,6 @@ def findings_json(findings: dict[str, dict[str, Any]]) -> dict:
 def write_findings(results: pd.DataFrame, path: str | Path) -> Path:
     """Judge the findings and write them as JSON atomically; `path` is a .json file or a folder
     (then <path>/findings.json). Returns the file written."""
-    from mmlib.io import atomic_write_json
-
     path = Path(path)
     if path.suffix != ".json":
         path = path / "findings.json"
@@ -465,9 +464,7 @@ def findings_markdown(findings: dict[str, dict[str, Any]]) -> str:
     """A Markdown section per finding: statement, verdict, and each clause with effect and CI."""
     lines = []
     for name, f in findings.items():
-        lines += [f"### {name}: {f['verdict']} (the paper's own numbers: {f['paper_verdict']})", "", f["finding"], "",
-                  "| clause | the paper's words | effect | 95% CI | claim | verdict | paper | why this threshold |",
-                  "|---|---|---|---|---|---|---|---|"]
+        rows = []
         for ours, paper in zip(f["clauses"], f["paper"]):
             c = ours.clause
             ci = "–" if ours.low is None else f"[{ours.low:+.3f}, {ours.high:+.3f}]"
@@ -477,20 +474,27 @@ def findings_markdown(findings: dict[str, dict[str, Any]]) -> str:
                 note = f" (measured on {ours.groups_measured} of {len(c.groups)}; not run: {shown})"
             if ours.notes():
                 note += f" ({ours.notes()})"
-            lines.append(f"| {c.key} | {c.words} | {c.effect}: {_fmt(ours.effect)} | {ci} | {c.side} {c.threshold:g} | "
-                         f"{ours.verdict}{note} | {_fmt(paper.effect)} | {c.why} |".replace("\n", " "))
-        lines.append("")
+            rows.append({"clause": c.key, "the paper's words": c.words, "effect": f"{c.effect}: {_fmt(ours.effect)}",
+                         "95% CI": ci, "claim": f"{c.side} {c.threshold:g}", "verdict": f"{ours.verdict}{note}",
+                         "paper": _fmt(paper.effect), "why this threshold": c.why})
+        lines += [f"### {name}: {f['verdict']} (the paper's own numbers: {f['paper_verdict']})", "", f["finding"], "",
+                  _one_line_table(rows, "clause"), ""]
     return "\n".join(lines)
 
 
 def clauses_markdown() -> str:
     """The table of clauses itself: finding, the paper's words, the effect, threshold and why."""
-    lines = ["| finding | clause | the paper's words | effect | claim | why this threshold |", "|---|---|---|---|---|---|"]
-    lines += [f"| {c.finding} | {c.key} | {c.words} | {c.effect} | {c.side} {c.threshold:g} | {c.why} |" for c in CLAUSES]
-    return "\n".join(lines)
+    return _one_line_table([{"finding": c.finding, "clause": c.key, "the paper's words": c.words, "effect": c.effect,
+                             "claim": f"{c.side} {c.threshold:g}", "why this threshold": c.why} for c in CLAUSES],
+                           "finding")
+
+
+def _one_line_table(rows: list[dict], first: str) -> str:
+    """A pipe table of text cells, each on one line."""
+    frame = pd.DataFrame(rows).replace("\n", " ", regex=True)
+    return markdown_table(frame.set_index(first))
 
 
 __all__ = ["FINDINGS", "CLAUSES", "Clause", "Judgement", "ModelState", "N_BOOTSTRAP", "model_states", "verdict",
-           "judge", "judge_paper",
-           "finding_verdict", "evaluate_findings", "findings_json", "write_findings", "clauses_frame",
+           "judge", "judge_paper", "finding_verdict", "evaluate_findings", "findings_json", "write_findings", "clauses_frame",
            "findings_markdown", "clauses_markdown"]

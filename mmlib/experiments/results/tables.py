@@ -4,7 +4,7 @@ Every cell is a weighted sum of *terms*; a term is one database's per-case value
 per seed (Table 3's cell: one term; its Avg: five terms of weight 1/5; Table 2's cell: one
 term per database). A term's value is the mean over cases for each seed, then the mean over
 seeds; the `seeds` column says how many seeds a row's cells average (the fewest). The findings
-bootstrap the same terms over cases and seeds (mmlib.experiments.findings), so a table and the
+bootstrap the same terms over cases and seeds (mmlib.experiments.results.findings), so a table and the
 finding read from it measure the same thing. Tables come back in the paper's layout; a cell
 whose rows are missing is NaN.
 """
@@ -17,16 +17,18 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from mmlib.data.manifest import TRAINING_DATABASES
-from mmlib.experiments.paper import paper_layout, paper_metric_table, paper_table
-from mmlib.experiments.protocol import ARCHITECTURES, DISPLAY_NAMES, NEW_MODALITY_SETS, single_test_modality
+from mmlib.data.manifest import TRAINING_DATABASES, load_manifest
+from mmlib.data.modalities import sort_modalities
+from mmlib.experiments.plan.specs import ARCHITECTURES, DISPLAY_NAMES, NEW_MODALITY_SETS, single_test_modality
+from mmlib.experiments.results.paper import paper_layout, paper_metric_table, paper_table
 
 NAN = float("nan")
 _BOOL_COLUMNS = ("drop", "all_modalities", "single_modality")
 _TEXT_COLUMNS = ("database", "case_id", "subset", "model", "arch", "training", "train_databases",
                  "method", "labels", "preset", "held_out")
 _TRUE = {"true", "1", "yes", "t", "y"}
-_PERCENT = ("sensitivity", "precision")
+#: Metrics the paper gives in percent.
+PERCENT_METRICS = ("sensitivity", "precision")
 
 #: Table 2's columns: the paper's names of mmlib's architectures.
 PAPER_ARCHITECTURES = {a.paper_name: a.key for a in ARCHITECTURES.values()}
@@ -69,8 +71,6 @@ def _as_bool(value: Any) -> bool:
 
 
 def _canonical_subset(subset: str) -> str:
-    from mmlib.data.modalities import sort_modalities
-
     try:
         return "+".join(sort_modalities(subset.split("+")))
     except Exception:  # an unknown name stays as written
@@ -230,8 +230,6 @@ def database_modalities(results: pd.DataFrame, database: str) -> tuple[str, ...]
     if len(full):
         return tuple(full.iloc[0].split("+"))
     try:
-        from mmlib.data.manifest import load_manifest
-
         return tuple(load_manifest(database).modalities)
     except Exception:
         return ()
@@ -352,7 +350,7 @@ def metric_table(results: pd.DataFrame, table: int = 3,
     parts, seed_parts = {}, []
     for m in metrics:
         values, seeds = _grid(df, table, row_names, columns, lambda d, r, c, m=m: terms(d, r, c, m))
-        parts[m] = values * 100.0 if m in _PERCENT else values
+        parts[m] = values * 100.0 if m in PERCENT_METRICS else values
         seed_parts.append(seeds.where(values.notna()))
     out = pd.DataFrame({(c, m): parts[m][c] for c in columns for m in metrics}, index=row_names)
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["column", "metric"])
@@ -458,7 +456,7 @@ def table_by_name(name: str | int) -> TableSpec:
         raise KeyError(f"no table {name!r}; tables: {', '.join(t.name for t in TABLES.values())}") from None
 
 
-__all__ = ["PAPER_ARCHITECTURES", "TABLE3_ROWS", "TABLE4_ROWS", "TABLE4_COLUMNS", "TABLE6_COLUMNS", "FLOOR_ROW",
+__all__ = ["PERCENT_METRICS", "PAPER_ARCHITECTURES", "TABLE3_ROWS", "TABLE4_ROWS", "TABLE4_COLUMNS", "TABLE6_COLUMNS", "FLOOR_ROW",
            "THRESHOLD_ROW", "Term", "tidy_results", "select", "per_case", "cell", "cell_terms", "combine",
            "database_modalities", "flair_or_t1", "table2", "table3", "table4", "table5", "table6",
            "metric_table", "side_by_side", "format_table", "TableSpec", "TABLES", "table_by_name"]

@@ -18,7 +18,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import papermill as pm
+
+from mmlib.data.identity import short_hash
+from mmlib.engine import distributed
 from mmlib.errors import MMLibError
+from mmlib.experiments.results.report import write_report
+from mmlib.experiments.run.executors import EXECUTOR_ENV, executor_from_config
+from mmlib.experiments.run.study import Study
+from mmlib.io import atomic_write_json, read_json
+from mmlib.presets import load_preset
 
 NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",
              "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "05_explore", "99_findings")
@@ -29,7 +38,7 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 def notebooks_dir() -> Path:
     """The repository's notebooks/ folder (or $MMLIB_NOTEBOOKS)."""
     env = os.environ.get("MMLIB_NOTEBOOKS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "notebooks"
 
 
 def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None, device: str = "auto",
@@ -38,9 +47,6 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
     """Run the study notebooks into `out_dir`; return {notebook: seconds}. 99_findings writes
     findings.json; at the end report.md gathers the tables beside the paper's and the findings.
     `executor`: a configuration (executors.executor_from_config) for the notebooks' training jobs."""
-    from mmlib.engine import distributed
-    from mmlib.experiments.executors import EXECUTOR_ENV, executor_from_config
-
     if distributed.launched():
         raise MMLibError("`mmlib study` runs its notebooks in kernels and does not run under torchrun; give its "
                          "training jobs GPUs with --executor local --processes N (one GPU each) or --executor slurm "
@@ -64,13 +70,6 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
 
 
 def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress) -> dict:
-    import papermill as pm
-
-    from mmlib.experiments.protocol import short_hash
-    from mmlib.experiments.study import Study
-    from mmlib.io import atomic_write_json, read_json
-    from mmlib.presets import load_preset
-
     out_dir = Path(out_dir).resolve()
     study = Study(out_dir, preset, data_root=data_root, device=device, progress=progress)  # claims the folder
     done_dir = out_dir / "notebooks"
@@ -104,8 +103,6 @@ def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_paramete
         timings[name] = time.perf_counter() - t0
         atomic_write_json(stamp, {"parameters": params, "preset_settings": settings, "seconds": timings[name]})
     atomic_write_json(out_dir / "timings.json", timings)
-    from mmlib.experiments.report import write_report
-
     write_report(study)
     return timings
 

@@ -1,0 +1,133 @@
+"""How the study's protocol departs from the paper's, aspect by aspect, at a preset: one table
+(`deviations_frame`), shown once at the top of a notebook and of report.md; each result table
+under it carries a one-line note naming the aspects that differ (`deviation_note`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from mmlib.data.manifest import TRAINING_DATABASES
+from mmlib.engine.convergence import RULE as CONVERGENCE_RULE
+from mmlib.experiments.plan.schedule import Schedule, batch_per_database
+from mmlib.experiments.plan.specs import ARCHITECTURES
+from mmlib.presets import Preset
+
+#: The authors' schedule: 600 epochs of the largest training database (ATLAS, 459 cases) in
+#: batches of 2 per database, i.e. 229 steps an epoch.
+PAPER_STEPS = 600 * (459 // 2)
+PAPER_CROPS_PER_DATABASE = PAPER_STEPS * 2
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One aspect of the protocol: the paper's value, ours at a preset, and whether they differ."""
+
+    aspect: str
+    paper: str
+    ours: str
+    differs: bool = field(default=True)
+
+
+def _fraction(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
+    """Every aspect of the training and evaluation protocol, the paper's value beside the preset's
+    (the paper's: its Methods, Appendix A and the authors' published code). `precision`: what a
+    run's models really trained in (mmlib.experiments.results.learning.run_precision), where known."""
+    plan = preset.study
+    joint = Schedule(preset.steps, 0, batch_per_database(preset, len(TRAINING_DATABASES))) if preset.steps else None
+    sd_batch = batch_per_database(preset, 1)
+    if preset.steps:
+        sd_steps = max(1, round(preset.steps * plan.sd_fraction))
+        ft_steps = max(1, round(preset.steps * plan.finetune_fraction))
+        crops = (f"joint {joint.crops_per_database:,}; single-database {sd_steps * sd_batch:,}; "
+                 f"fine-tuning {ft_steps * sd_batch:,}")
+        steps = (f"{preset.steps:,} steps (single-database x{_fraction(plan.sd_fraction)}, fine-tuning "
+                 f"x{_fraction(plan.finetune_fraction)}); lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them")
+    else:  # by epochs: on the real databases, the paper's schedule
+        crops = (f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)" if (preset.epochs, preset.batch_per_database) == (600, 2)
+                 else f"{preset.epochs} epochs x {preset.batch_per_database} per step")
+        steps = (f"600 epochs ({PAPER_STEPS:,} steps); lr x0.1 after 0.25 of them"
+                 if (preset.epochs, preset.lr_drop_fraction) == (600, 0.25) else
+                 f"{preset.epochs} epochs of the largest database; lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them")
+    planes = ", ".join(f"({a}, {b})" for a, b in preset.rotate_planes)
+    skipped = _skipped_models(preset)
+    rows = [
+        ("voxel spacing", "1 mm", f"{preset.spacing_mm:g} mm"),
+        ("training crop and sliding window", "128³", f"{preset.crop}³"),
+        ("crop sampling", "uniform random crops",
+         "uniform random crops" if not preset.lesion_crop_p else
+         f"{_fraction(preset.lesion_crop_p)} of crops centred on a lesion voxel, the rest uniform"),
+        ("network width", "x1 (16-256 channels)", f"x{preset.width:g}"),
+        ("schedule", f"600 epochs ({PAPER_STEPS:,} steps); lr x0.1 after 0.25 of them", steps),
+        ("crops seen per database by one model", f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)", crops),
+        ("precision", "float32", precision or (
+            "bf16 autocast, training and evaluation, where the network passes a bf16 self-check on the machine "
+            "(else, and on a CPU without native bf16, float32; a non-finite value under bf16 goes back to the "
+            "last finite state in float32)" if preset.amp else "float32")),
+        ("rotation", "90° in plane (0, 2), p 0.1", f"90° in plane{'s' if len(preset.rotate_planes) > 1 else ''} "
+                                                   f"{planes}, p {preset.rotate_p:g}"),
+        ("seeds per model", "3", str(len(preset.seeds))),
+        ("train/test split", "case files sorted by name, the last ones are test",
+         "same, with the paper's counts (scaled to a twin's size)"),
+        ("background outside the brain", "-mean/std (the whole volume z-scored with the brain's statistics)",
+         "0 (z-scored inside the brain, zero outside)"),
+        ("validation during training", "Dice on held-out cases, to pick the checkpoint",
+         f"{preset.val_fraction:.0%} of each database's training cases held out (the last by name; "
+         f"{preset.val_min_cases} to {preset.val_max_cases}), Dice at {preset.val_points} points of training; "
+         f"{CONVERGENCE_RULE}"),
+        ("model selection", "the checkpoint with the best Dice on the held-out cases",
+         "the final weights (nothing is chosen on test cases)" if preset.model_selection == "final" else
+         "the weights with the best validation Dice (held-out training cases, never test cases)"),
+        ("Dice loss", "per sample (MONAI default)", "per batch" if preset.dice_batch else "per sample (MONAI default)"),
+        ("models trained", "all of the paper's", "; ".join(skipped) if skipped else "all of the paper's"),
+    ]
+    return [Deviation(a, p, o, differs=p != o) for a, p, o in rows]
+
+
+def _skipped_models(preset: Preset) -> list[str]:
+    """What the preset's study plan leaves out of the paper's grid of models."""
+    plan, full = preset.study, type(preset.study)()
+    out = []
+    for arch in full.fusion_archs:
+        dbs = plan.fusion_databases if arch in plan.fusion_archs else ()
+        if set(dbs) != set(full.fusion_databases):
+            name = ARCHITECTURES[arch].paper_name
+            out.append(f"single-database {name} on {', '.join(dbs)} only" if dbs else f"no single-database {name}")
+    missing = [str(v) for v in full.joint_variants if v not in plan.joint_variants]
+    if missing:
+        out.append(f"no joint {', '.join(missing)}")
+    if not plan.joint_all_combinations:
+        out.append("joint models evaluated with all modalities only")
+    if set(plan.loo_targets) != set(full.loo_targets):
+        out.append(f"leave-one-out on {', '.join(plan.loo_targets) or 'none'} only")
+    if plan.sd_fraction < 1 or plan.finetune_fraction < 1:
+        out.append("shorter single-database and fine-tuning schedules (see schedule)")
+    return out
+
+
+def deviations_frame(preset: Preset, precision: str | None = None) -> pd.DataFrame:
+    """The deviations table: one row per aspect, the paper's value beside the preset's (`precision`:
+    what a run's models really trained in, where known) and whether they differ."""
+    return pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({preset.name})": d.ours,
+                          "differs": "yes" if d.differs else ""} for d in deviations(preset, precision)]
+                        ).set_index("aspect")
+
+
+def deviation_note(preset: Preset) -> str:
+    """One line under a table: the aspects in which the preset's protocol differs from the paper's,
+    by name only (every one bears on every table of trained models); the deviations table, shown
+    once above, states each in full."""
+    differ = [d.aspect for d in deviations(preset) if d.differs]
+    if not differ:
+        return f"Protocol at preset {preset.name}: the paper's."
+    return (f"Protocol at preset {preset.name}: differs from the paper's in {', '.join(differ)} "
+            f"(see the deviations table above).")
+
+
+__all__ = ["PAPER_STEPS", "PAPER_CROPS_PER_DATABASE", "Deviation", "deviations", "deviations_frame",
+           "deviation_note"]
