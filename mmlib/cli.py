@@ -12,25 +12,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import io
 import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from mmlib.atomic_files import clean_stale_temps
+from mmlib.data.integrity import check_database
+from mmlib.data.manifest import load_manifest
+from mmlib.data.synth import make_twins
+from mmlib.docs_site import build_site
+from mmlib.engine import distributed
+from mmlib.engine.bundle import export_bundle
+from mmlib.engine.predict import (CaseRequest, GridWarning, load_predictor, parse_pairs, predict_database,
+                                  predict_files)
 from mmlib.errors import MMLibError
 from mmlib.experiments.plan.specs import ARCHITECTURES
+from mmlib.experiments.results.publish import save_reference
+from mmlib.experiments.run.executors import SLURM_OPTIONS, executor_from_config, load_executor_config
+from mmlib.experiments.run.joint import run_joint
+from mmlib.experiments.run.runner import run_study
+from mmlib.experiments.run.study import Study
+from mmlib.out_folder import OutLock, os_message, prepare_out_dir
 
 #: `mmlib check` exit code when the check could not run at all (no manifest, no root folder).
 CHECK_COULD_NOT_RUN = 3
 
 
 def _cmd_synth(args) -> int:
-    from mmlib.data.synth import make_twins
-    from mmlib.io import prepare_out_dir
-
     out = prepare_out_dir(args.out)
     written = make_twins(out, preset=args.preset, seed=args.seed,
                          databases=args.databases or None, progress=not args.quiet)
@@ -39,19 +51,21 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _check_failed_json(problem: str, file=None, database: str | None = None, root=None) -> None:
+    """`check --json`'s answer when the check could not run: no cases, no problems, the error."""
+    print(json.dumps({"database": database, "root": None if root is None else str(root), "cases": None,
+                      "problems": [], "error": {"file": file, "problem": problem}}, indent=2))
+
+
 def _check_error(args, exc: MMLibError, database: str | None = None, root=None) -> int:
     """Report that the check could not run: one line on stderr, and the JSON object with --json."""
     if args.json:
-        print(json.dumps({"database": database, "root": None if root is None else str(root), "cases": None,
-                          "problems": [], "error": {"file": exc.file, "problem": exc.problem}}, indent=2))
+        _check_failed_json(exc.problem, exc.file, database, root)
     print(f"mmlib check: error: {exc}", file=sys.stderr)
     return CHECK_COULD_NOT_RUN
 
 
 def _cmd_check(args) -> int:
-    from mmlib.data.integrity import check_database
-    from mmlib.data.manifest import load_manifest
-
     try:
         manifest = load_manifest(args.manifest)
     except MMLibError as exc:
@@ -70,7 +84,7 @@ def _cmd_check(args) -> int:
     try:
         report = check_database(manifest, root, progress=not args.json)
     except (MMLibError, OSError) as exc:
-        err = exc if isinstance(exc, MMLibError) else MMLibError(_os_message(exc), getattr(exc, "filename", None))
+        err = exc if isinstance(exc, MMLibError) else MMLibError(os_message(exc), getattr(exc, "filename", None))
         return _check_error(args, err, manifest.name, root)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -86,9 +100,6 @@ def _claimed_out(path) -> Path:
     """The --out folder made writable and locked for this run (a second run is told who holds it);
     temporary files of a killed earlier run are removed first. Under torchrun rank 0 alone takes
     the lock (every rank gets its refusal) and lets it go once every rank is done."""
-    from mmlib.engine import distributed
-    from mmlib.io import OutLock, clean_stale_temps, prepare_out_dir
-
     held = []
 
     def claim() -> Path:
@@ -109,10 +120,8 @@ def _claimed_out(path) -> Path:
 def _executor_config(args) -> dict | None:
     """The executor configuration of --executor-config, overridden by --executor and its options;
     None when none was given (then $MMLIB_EXECUTOR, else local processes)."""
-    from mmlib.experiments.run.executors import executor_from_config, load_executor_config
-
     config = dict(load_executor_config(args.executor_config)) if args.executor_config else {}
-    slurm = {key: getattr(args, f"slurm_{key}") for key in _SLURM_OPTIONS if getattr(args, f"slurm_{key}") is not None}
+    slurm = {key: getattr(args, f"slurm_{key}") for key in SLURM_OPTIONS if getattr(args, f"slurm_{key}") is not None}
     if args.executor:
         config["executor"] = args.executor
     if slurm and config.get("executor", "local") != "slurm":
@@ -122,23 +131,14 @@ def _executor_config(args) -> dict | None:
             raise MMLibError("--processes is a setting of --executor local")
         config["processes"] = args.processes
     for key, value in slurm.items():
-        config[_SLURM_OPTIONS[key]] = value
+        config[SLURM_OPTIONS[key]] = value
     if not config:
         return None
     executor_from_config(config, args.executor_config)
     return config
 
 
-#: --slurm-KEY -> the slurm executor's setting.
-_SLURM_OPTIONS = {"partition": "partition", "gpus": "gpus_per_job", "ranks": "ranks_per_job", "cpus": "cpus_per_job",
-                  "mem_gb": "mem_gb", "time": "time", "account": "account", "qos": "qos", "nodes": "nodes",
-                  "setup": "setup", "cluster": "cluster"}
-
-
 def _cmd_joint(args) -> int:
-    from mmlib.engine import distributed
-    from mmlib.experiments.run.joint import run_joint
-
     config = _executor_config(args)
     with distributed.session(args.device) as ranks:
         if ranks and config is not None:
@@ -153,9 +153,6 @@ def _cmd_joint(args) -> int:
 
 
 def _cmd_study(args) -> int:
-    from mmlib.engine import distributed
-    from mmlib.experiments.run.runner import run_study
-
     if distributed.launched():
         raise MMLibError("`mmlib study` does not run under torchrun (its notebooks run in kernels); give its "
                          "training jobs GPUs with --executor local --processes N (one GPU each) or --executor "
@@ -179,11 +176,6 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_reference(args) -> int:
-    from mmlib.engine import distributed
-    from mmlib.experiments.results.publish import save_reference
-    from mmlib.experiments.run.study import Study
-    from mmlib.io import OutLock
-
     def save() -> Path:
         with OutLock(Path(args.study), what="the study folder"):
             return save_reference(Study.open(Path(args.study)), args.name, args.wall_time)
@@ -196,13 +188,6 @@ def _cmd_reference(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    import warnings
-
-    from mmlib.data.manifest import load_manifest
-    from mmlib.engine.predict import (CaseRequest, GridWarning, load_predictor, parse_pairs, predict_database,
-                                      predict_files)
-    from mmlib.io import prepare_out_dir
-
     if bool(args.image) == bool(args.manifest):
         raise MMLibError("give the images of one case (--image MOD=FILE ...) or a database (--manifest NAME_OR_FILE)")
     channels = parse_pairs(args.channel, "--channel")
@@ -229,15 +214,11 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from mmlib.engine.bundle import export_bundle
-
     print(f"MONAI bundle written to {export_bundle(args.checkpoint, Path(args.bundle))}")
     return 0
 
 
 def _cmd_docs(args) -> int:
-    from mmlib.docs_site import build_site
-
     t0 = time.perf_counter()
     home = build_site(Path(args.out), *([Path(args.reference_dir)] if args.reference_dir else []))
     size = sum(f.stat().st_size for f in home.parent.rglob("*") if f.is_file())
@@ -351,17 +332,6 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
                    help="slurm (default); local: the same jobs as processes on this machine, to try the path")
 
 
-def _os_message(exc: OSError) -> str:
-    """A one-line account of an operating-system error, naming the path it concerns."""
-    why = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-           errno.ENOTDIR: "not a folder (a part of the path is a file)", errno.EISDIR: "is a folder",
-           errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
-           errno.ENOENT: "no such file or folder", errno.EEXIST: "already exists"}.get(exc.errno)
-    why = why or exc.strerror or str(exc) or type(exc).__name__
-    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
-    return f"{where}: {why}" if where else why
-
-
 def _parse(argv) -> argparse.Namespace | int:
     """Parsed arguments; for `check --json` with bad arguments, the JSON error and exit code 3."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -373,9 +343,7 @@ def _parse(argv) -> argparse.Namespace | int:
         sys.stderr.write(err.getvalue())
         if exc.code not in (0, None) and argv[:1] == ["check"] and "--json" in argv:
             lines = err.getvalue().strip().splitlines()
-            print(json.dumps({"database": None, "root": None, "cases": None, "problems": [],
-                              "error": {"file": None, "problem": lines[-1] if lines else "invalid arguments"}},
-                             indent=2))
+            _check_failed_json(lines[-1] if lines else "invalid arguments")
             return CHECK_COULD_NOT_RUN
         raise
     sys.stderr.write(err.getvalue())
@@ -398,7 +366,7 @@ def main(argv=None) -> int:
     except OSError as exc:  # a path the user gave that cannot be used: permission, not a folder, full disk
         if debug:
             raise
-        print(f"mmlib {args.command}: error: {_os_message(exc)} (MMLIB_DEBUG=1 shows the traceback)",
+        print(f"mmlib {args.command}: error: {os_message(exc)} (MMLIB_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import seaborn as sns
+
+from mmlib.data.modalities import MODALITIES, subset_sort_key
 
 
 def plot_combination_dice(results: pd.DataFrame, baseline: pd.DataFrame | None = None):
@@ -42,10 +46,6 @@ def plot_database_grid(databases: dict, modalities=None):
     """The paper's overview figure: one row per database, one column per modality, an axial
     slice of one case with its lesion outlined (empty panels where a database lacks the modality).
     `databases`: name -> list of PreparedCase (the first case with a lesion is shown)."""
-    import numpy as np
-
-    from mmlib.data.modalities import MODALITIES
-
     mods = list(modalities or [m for m in MODALITIES
                                if any(m in cs[0].modalities for cs in databases.values() if cs)])
     fig, axes = plt.subplots(len(databases), len(mods), figsize=(1.6 * len(mods), 1.7 * len(databases)),
@@ -76,8 +76,6 @@ def plot_database_grid(databases: dict, modalities=None):
 
 def plot_lesion_volumes(databases: dict):
     """Lesion volume (ml) per case, one strip per database (log scale)."""
-    import seaborn as sns
-
     rows = [{"database": name, "lesion_ml": max(c.lesion_volume_ml(), 1e-3)}
             for name, cases in databases.items() for c in cases]
     fig, ax = plt.subplots(figsize=(7, 3))
@@ -92,13 +90,10 @@ def plot_lesion_volumes(databases: dict):
 def plot_subset_heatmap(results: pd.DataFrame, metric: str = "dice", by: str = "model"):
     """Heatmap of mean `metric` by modality subset (rows) x database (columns), one panel per
     value of `by` (e.g. model). NaN where a database lacks the subset's modalities."""
-    import seaborn as sns
-
     groups = list(dict.fromkeys(results[by]))
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups) + 1.5,
                                                       0.25 * results["subset"].nunique() + 1.5),
                              squeeze=False, sharey=True)
-    from mmlib.data.modalities import subset_sort_key
 
     order = sorted(results["subset"].unique(), key=subset_sort_key)
     for ax, g in zip(axes[0], groups):

@@ -154,7 +154,7 @@ def test_a_time_limit_that_is_not_one_is_refused():
 
 @pytest.mark.parametrize("state, waited_for", [("RUNNING", True), ("PENDING", True), ("FAILED", False)])
 def test_a_job_still_in_the_slurm_queue_is_waited_for_not_submitted_twice(tmp_path, monkeypatch, state, waited_for):
-    from mmlib.io import atomic_write_json
+    from mmlib.atomic_files import atomic_write_json
 
     fake = tmp_path / "bin"  # sacct as Slurm answers it about job 4242
     fake.mkdir()

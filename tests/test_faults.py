@@ -364,7 +364,7 @@ def test_fault7_truncated_twin_markers_mean_make_again_not_a_traceback(tmp_path,
 
 
 def test_fault7_an_interrupted_stamp_write_keeps_the_old_stamp(tmp_path):
-    from mmlib.io import atomic_open, atomic_write_json
+    from mmlib.atomic_files import atomic_open, atomic_write_json
 
     stamp = atomic_write_json(tmp_path / "02_joint_training.done.json", {"seconds": 1.0})
     with pytest.raises(KeyboardInterrupt):
@@ -594,7 +594,7 @@ def test_fault3_joint_refuses_a_label_check_flags_naming_the_file(tmp_path, twin
 
 _HOLD = """
 import sys, time
-from mmlib.io import OutLock
+from mmlib.out_folder import OutLock
 with OutLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(60)

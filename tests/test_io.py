@@ -1,4 +1,5 @@
-"""mmlib.io: atomic writes, the umask, temporary-file cleanup, output folders and locks."""
+"""mmlib.atomic_files and mmlib.out_folder: atomic writes, the umask, temporary-file cleanup, output
+folders and locks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 
 import pytest
 
-from mmlib import io as mio
+from mmlib import atomic_files as af
+from mmlib import out_folder as of
 from mmlib.errors import MMLibError
 
 
@@ -27,14 +29,14 @@ def umask_027():
 
 
 def test_current_umask_reads_the_umask_without_changing_it(umask_027):
-    assert mio.current_umask() == 0o027
-    assert mio.current_umask() == 0o027
+    assert af.current_umask() == 0o027
+    assert af.current_umask() == 0o027
 
 
 def test_atomic_writers_write_whole_files_with_the_umask_and_leave_no_temp(tmp_path, umask_027):
-    mio.atomic_write_json(tmp_path / "a" / "x.json", {"k": [1, 2]})
-    mio.atomic_write_text(tmp_path / "t.txt", "hé")
-    with mio.atomic_path(tmp_path / "p.csv") as tmp:
+    af.atomic_write_json(tmp_path / "a" / "x.json", {"k": [1, 2]})
+    af.atomic_write_text(tmp_path / "t.txt", "hé")
+    with af.atomic_path(tmp_path / "p.csv") as tmp:
         assert tmp.name.endswith(".csv") and tmp.name.startswith(".p.csv.")
         tmp.write_text("a,b\n")
     assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"k": [1, 2]}
@@ -45,13 +47,13 @@ def test_atomic_writers_write_whole_files_with_the_umask_and_leave_no_temp(tmp_p
 
 
 def test_an_interrupted_atomic_write_keeps_the_old_content_and_removes_its_temp(tmp_path):
-    path = mio.atomic_write_json(tmp_path / "stamp.json", {"done": 1})
+    path = af.atomic_write_json(tmp_path / "stamp.json", {"done": 1})
     with pytest.raises(KeyboardInterrupt):
-        with mio.atomic_open(path, "w") as fh:
+        with af.atomic_open(path, "w") as fh:
             fh.write('{"done": ')
             raise KeyboardInterrupt
     with pytest.raises(RuntimeError):
-        with mio.atomic_path(path) as tmp:
+        with af.atomic_path(path) as tmp:
             tmp.write_text("half")
             raise RuntimeError("writer failed")
     assert json.loads(path.read_text()) == {"done": 1}
@@ -60,8 +62,8 @@ def test_an_interrupted_atomic_write_keeps_the_old_content_and_removes_its_temp(
 
 def test_read_json_gives_the_default_for_a_truncated_or_missing_file(tmp_path):
     (tmp_path / "t.json").write_text('{"preset": "qu')
-    assert mio.read_json(tmp_path / "t.json", default="x") == "x"
-    assert mio.read_json(tmp_path / "missing.json") is None
+    assert af.read_json(tmp_path / "t.json", default="x") == "x"
+    assert af.read_json(tmp_path / "missing.json") is None
 
 
 def _dead_pid() -> int:
@@ -78,28 +80,28 @@ def test_stale_temp_files_of_dead_processes_are_removed_and_live_ones_kept(tmp_p
     for p in (dead, live, other, legacy):
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x")
-    assert mio.clean_stale_temps(tmp_path) == [dead]
+    assert af.clean_stale_temps(tmp_path) == [dead]
     assert live.exists() and other.exists() and legacy.exists()
-    assert mio.clean_stale_temps(tmp_path, legacy_age_s=-1) == [legacy]
+    assert af.clean_stale_temps(tmp_path, legacy_age_s=-1) == [legacy]
 
 
 def test_prepare_out_dir_names_a_file_and_a_path_through_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(MMLibError, match="existing file") as err:
-        mio.prepare_out_dir(tmp_path / "f")
+        of.prepare_out_dir(tmp_path / "f")
     assert err.value.file == str(tmp_path / "f")
     with pytest.raises(MMLibError, match="a part of its path is a file"):
-        mio.prepare_out_dir(tmp_path / "f" / "sub")
-    assert mio.prepare_out_dir(tmp_path / "new" / "deep").is_dir()
+        of.prepare_out_dir(tmp_path / "f" / "sub")
+    assert of.prepare_out_dir(tmp_path / "new" / "deep").is_dir()
 
 
 def test_lock_refuses_a_second_holder_naming_the_folder_and_the_pid(tmp_path, monkeypatch):
-    with mio.OutLock(tmp_path) as lock:
+    with of.OutLock(tmp_path) as lock:
         info = json.loads(lock.path.read_text())
         assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
         monkeypatch.delenv("MMLIB_HELD_LOCKS")  # as another run would see it
-        with pytest.raises(mio.LockedError, match=f"pid {os.getpid()}") as err:
-            mio.OutLock(tmp_path).acquire()
+        with pytest.raises(of.LockedError, match=f"pid {os.getpid()}") as err:
+            of.OutLock(tmp_path).acquire()
         assert err.value.file == str(tmp_path)
         monkeypatch.undo()
     assert not (tmp_path / ".mmlib.lock").exists() and "MMLIB_HELD_LOCKS" not in os.environ
@@ -108,19 +110,19 @@ def test_lock_refuses_a_second_holder_naming_the_folder_and_the_pid(tmp_path, mo
 def test_lock_of_a_dead_process_is_recovered(tmp_path):
     (tmp_path / ".mmlib.lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
                                                       "started": "earlier", "token": "t"}))
-    with mio.OutLock(tmp_path) as lock:
+    with of.OutLock(tmp_path) as lock:
         assert lock.owned and json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
 def test_lock_on_another_host_is_not_taken_over(tmp_path):
     (tmp_path / ".mmlib.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x", "token": "t"}))
-    with pytest.raises(mio.LockedError, match="elsewhere"):
-        mio.OutLock(tmp_path).acquire()
+    with pytest.raises(of.LockedError, match="elsewhere"):
+        of.OutLock(tmp_path).acquire()
 
 
 def test_a_child_process_works_under_its_parents_lock_but_a_stranger_does_not(tmp_path):
-    code = "import sys; from mmlib.io import OutLock; OutLock(sys.argv[1]).acquire(); print('ok')"
-    with mio.OutLock(tmp_path):
+    code = "import sys; from mmlib.out_folder import OutLock; OutLock(sys.argv[1]).acquire(); print('ok')"
+    with of.OutLock(tmp_path):
         child = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
         env = {k: v for k, v in os.environ.items() if k != "MMLIB_HELD_LOCKS"}
         stranger = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env)

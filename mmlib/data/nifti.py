@@ -21,7 +21,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from mmlib.env import positive_number
 from mmlib.errors import ImageReadError, MMLibError
-from mmlib.io import atomic_write_bytes
+from mmlib.atomic_files import atomic_write_bytes
 
 # nibabel surfaces a damaged file through many exception types, depending on where the damage is.
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError,
@@ -184,5 +184,5 @@ def save_volume(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path
     raw = img.to_bytes()
     if p.name.endswith(".gz"):
         raw = gzip.compress(raw, compresslevel=6, mtime=0)
-    # Temporary file beside the target, then an atomic rename (mmlib.io).
+    # Temporary file beside the target, then an atomic rename (mmlib.atomic_files).
     return atomic_write_bytes(p, raw)

@@ -29,7 +29,7 @@ from mmlib.data.identity import case_sources, cases_identity, changed_files, man
 from mmlib.data.readers import find_cases, read_case
 from mmlib.data.validate import label_value_problem
 from mmlib.errors import ImageReadError, MMLibError
-from mmlib.io import atomic_open, clean_stale_temps
+from mmlib.atomic_files import atomic_open, clean_stale_temps
 
 #: Bump whenever the output of `prepare_case` changes: it invalidates every cache entry.
 PREPROCESS_VERSION = 1

@@ -24,7 +24,8 @@ from mmlib.data.loaders import ChannelMap
 from mmlib.engine.checkpoint import atomic_save
 from mmlib.engine.predict import CaseRequest, Predictor, Preprocessing, load_predictor, parse_pairs, predict_files
 from mmlib.errors import CheckpointError
-from mmlib.io import atomic_write_json, prepare_out_dir
+from mmlib.atomic_files import atomic_write_json
+from mmlib.out_folder import prepare_out_dir
 from mmlib.models.authors import in_mmlib_order
 
 #: The bundle's own version (of its layout; bump when the files change meaning).

@@ -15,10 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmlib.data.loaders import ChannelMap
+from mmlib.engine.device import pick_device
 from mmlib.engine.precision import state_finite
 from mmlib.env import positive_number
 from mmlib.errors import CheckpointError
-from mmlib.io import atomic_open
+from mmlib.atomic_files import atomic_open
+from mmlib.models import build_model
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model", "step", "config", "channel_map")
@@ -62,7 +65,7 @@ def atomic_save(obj: dict, path: str | Path) -> Path:
     """torch.save `obj` to a temporary file next to `path`, then rename it over `path`.
 
     A crash or interrupt leaves either the old file or the new one, never half of one; the
-    file's mode follows the umask (mmlib.io).
+    file's mode follows the umask (mmlib.atomic_files).
     """
     with atomic_open(path, "wb", durable=True) as f:
         torch.save(obj, f)
@@ -200,8 +203,6 @@ def _in_channels(config: dict, channel_map: dict, path: Path) -> int:
     """The model's input channel count, from the config or else from the channel map."""
     if config.get("in_channels"):
         return int(config["in_channels"])
-    from mmlib.data.loaders import ChannelMap  # lazily: only needed for old configs
-
     try:
         n = len(ChannelMap.from_dict(channel_map))
     except Exception as err:
@@ -215,9 +216,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the trained model of a checkpoint -> (model in eval mode on `device`, channel map
     dict, config). `device` may be 'auto' (the GPU when there is one). The config is validated
     (validate_model_config) before the network is built; non-finite weights are refused."""
-    from mmlib.engine.device import pick_device
-    from mmlib.models import build_model
-
     path = Path(path)
     state = load_checkpoint(path, map_location="cpu")
     config, channel_map = state["config"], state["channel_map"]

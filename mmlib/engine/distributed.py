@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Callable, Iterator, TypeVar
 
 import torch
+import torch.distributed as dist
 
 from mmlib.env import positive_number
 from mmlib.errors import MMLibError
@@ -44,20 +45,14 @@ def launched() -> bool:
 
 def active() -> bool:
     """True when a process group is up and this process is one of more than one rank."""
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    import torch.distributed as dist
-
     return dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
-    import torch.distributed as dist
-
     return dist.get_world_size() if active() else 1
 
 
@@ -90,8 +85,6 @@ def _wants_cuda(device) -> bool:
 def setup(device: str | torch.device | None = "auto") -> bool:
     """Join the process group the launcher's environment describes (once); True if distributed.
     On CUDA this rank's GPU becomes the current device (LOCAL_RANK among the visible ones)."""
-    import torch.distributed as dist
-
     if active():
         return True
     if not launched():
@@ -115,8 +108,6 @@ def setup(device: str | torch.device | None = "auto") -> bool:
 
 def teardown() -> None:
     """Leave the process group if `setup` made it (a later `setup` joins a new one)."""
-    import torch.distributed as dist
-
     if _owned["group"] and dist.is_available() and dist.is_initialized():
         # Free what still holds the group (a model's DDP wrapper) while every rank is here, and
         # destroy it only once all ranks are: gloo aborts a rank whose peer tore down first.
@@ -163,8 +154,6 @@ def broadcast(obj: T, src: int = 0) -> T:
     """Rank `src`'s `obj` on every rank."""
     if not collective():
         return obj
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
@@ -174,8 +163,6 @@ def gather(obj) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
     if not collective():
         return [obj]
-    import torch.distributed as dist
-
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
@@ -184,9 +171,7 @@ def gather(obj) -> list:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` summed over the ranks, in place (and returned)."""
     if collective():
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

@@ -34,7 +34,7 @@ from mmlib.engine.checkpoint import load_model
 from mmlib.engine.device import pick_device
 from mmlib.engine.evaluate import ROW_COLUMNS, case_row, predict_probabilities
 from mmlib.errors import CheckpointError, ImageReadError, MMLibError, ModalityError
-from mmlib.io import atomic_path, read_json
+from mmlib.atomic_files import atomic_path, read_json
 from mmlib.models.authors import AUTHORS_CHANNELS, authors_multiunet, in_mmlib_order, is_authors_state_dict
 from mmlib.presets import load_preset
 

@@ -33,7 +33,7 @@ from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everythi
 from mmlib.engine.losses import dice_loss
 from mmlib.engine.precision import NonFiniteError, PrecisionCheck, checked_dtype, model_finite
 from mmlib.errors import MMLibError
-from mmlib.io import atomic_path, atomic_write_json
+from mmlib.atomic_files import atomic_path, atomic_write_json
 
 
 @dataclass

@@ -14,7 +14,9 @@ from matplotlib.figure import Figure
 from mmlib.data.cases import IGNORE, PreparedCase
 from mmlib.data.loaders import ChannelMap
 from mmlib.data.modalities import sort_modalities
+from mmlib.engine.evaluate import predict_case
 from mmlib.errors import MMLibError, ModalityError
+from mmlib.metrics import segmentation_metrics
 from mmlib.widgets._render import (COLOURS, DPI, PLANES, apply_window, case_key, case_label, compose_rgb,
                                    default_window, draw_views, figure_png, held, lesion_centre, outline,
                                    prediction_difference, take_slice)
@@ -35,8 +37,6 @@ def usable_modalities(case: PreparedCase, channel_map: ChannelMap) -> tuple[str,
 def predict_subset(model, channel_map: ChannelMap, case: PreparedCase, subset: Sequence[str],
                    roi: int, overlap: float, device: str = "cpu") -> tuple[np.ndarray, float]:
     """(bool mask (X, Y, Z), latency in ms) of a sliding-window prediction from `subset` only."""
-    from mmlib.engine.evaluate import predict_case
-
     subset = sort_modalities(subset)
     present = np.zeros(len(channel_map), bool)
     present[channel_map.channels(subset)] = True
@@ -50,8 +50,6 @@ def predict_subset(model, channel_map: ChannelMap, case: PreparedCase, subset: S
 
 def case_metrics(case: PreparedCase, prediction: np.ndarray) -> dict[str, float]:
     """Dice, sensitivity, precision, ASSD of a prediction against the case's ground truth."""
-    from mmlib.metrics import segmentation_metrics
-
     return segmentation_metrics(prediction, case.label == 1, case.spacing, ignore=case.label == IGNORE)
 
 

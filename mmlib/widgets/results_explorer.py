@@ -8,19 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mmlib.data.manifest import ALL_DATABASES
 from mmlib.data.modalities import subset_sort_key
 from mmlib.errors import MMLibError
-from mmlib.widgets._render import DPI, METRICS, figure_png
+from mmlib.experiments.results.learning import curves_frame, learning_frame, learning_summary
+from mmlib.experiments.results.paper import paper_value
+from mmlib.experiments.results.reference import reference_results
+from mmlib.experiments.results.tables import (PERCENT_METRICS, TABLE3_ROWS, TABLE4_COLUMNS, TABLE4_ROWS, TABLES,
+                                              format_table, table_by_name, tidy_results)
+from mmlib.experiments.run.study import Study
+from mmlib.viz import plot_learning_curves
+from mmlib.widgets._render import DPI, METRICS, figure_png, held
 
 
 def sort_databases(names) -> list[str]:
     """Databases in the paper's order (training ones first), unknown names last."""
-    from mmlib.data.manifest import ALL_DATABASES
-
     order = {n: i for i, n in enumerate(ALL_DATABASES)}
     return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
 
@@ -28,9 +35,6 @@ def sort_databases(names) -> list[str]:
 def load_results(source) -> pd.DataFrame:
     """Tidy result rows: a DataFrame, a CSV of tidy rows, or a study folder (its current rows,
     read through `Study.results`)."""
-    from mmlib.experiments.run.study import Study
-    from mmlib.experiments.results.tables import tidy_results
-
     if isinstance(source, Study):
         return tidy_results(source.results())
     if isinstance(source, pd.DataFrame):
@@ -104,14 +108,11 @@ def paper_number(database: str, subset: str, metric: str, arch: str | None, sett
                  all_modalities: bool) -> float:
     """The paper's number for the same model, database and subset (Tables 3/7/8 with all
     modalities, Tables 4/9/10 for ISLES and Tumor 2), NaN where the paper has none."""
-    from mmlib.experiments.results.paper import paper_value
-    from mmlib.experiments.results.tables import TABLE3_ROWS, TABLE4_COLUMNS, TABLE4_ROWS
-
     def matches(spec: dict) -> bool:
         return ((arch is None or spec.get("arch") == arch) and setting is not None
                 and setting_label(spec.get("training", ""), spec.get("drop", False)) == setting)
 
-    scale = 100.0 if metric in ("sensitivity", "precision") else 1.0  # the paper's percent
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0  # the paper's percent
     try:
         if all_modalities:
             for row, spec in TABLE3_ROWS.items():
@@ -129,8 +130,6 @@ def paper_number(database: str, subset: str, metric: str, arch: str | None, sett
 
 def results_table(results: pd.DataFrame, n: int) -> pd.DataFrame:
     """Our Table `n` of the registry (mmlib.experiments.results.tables.TABLES) from tidy rows."""
-    from mmlib.experiments.results.tables import table_by_name
-
     return table_by_name(n).build(results)
 
 
@@ -141,21 +140,15 @@ def _has_values(table: pd.DataFrame) -> bool:
 
 def available_tables(results: pd.DataFrame) -> list[int]:
     """The registry's tables that these rows fill at least one cell of."""
-    from mmlib.experiments.results.tables import TABLES
-
     return [n for n, spec in TABLES.items() if _has_values(spec.build(results))]
 
 
 def table_with_paper(results: pd.DataFrame, n: int) -> pd.DataFrame:
     """Our Table `n` with the paper's row under each of ours (index row × source)."""
-    from mmlib.experiments.results.tables import table_by_name
-
     return table_by_name(n).side_by_side(results)
 
 
 def _style_table(df: pd.DataFrame) -> str:
-    from mmlib.experiments.results.tables import format_table
-
     return f"<pre style='font-size:11px'>{format_table(df)}</pre>"
 
 
@@ -169,9 +162,6 @@ class ResultsExplorer:
 
     def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI,
                  references: dict[str, pd.DataFrame] | None = None, records: list[dict] | None = None):
-        from mmlib.experiments.results.reference import reference_results
-        from mmlib.experiments.results.tables import tidy_results
-
         own = load_results(source)
         if own.empty:
             raise MMLibError("no result rows to explore")
@@ -230,8 +220,6 @@ class ResultsExplorer:
         """The 'did each model learn?' table and the chosen model's validation curve."""
         if not self.records:
             return
-        from mmlib.experiments.results.learning import curves_frame, learning_frame, learning_summary
-        from mmlib.viz import plot_learning_curves
 
         self.learning = learning_frame(self.records)
         self.learning_html.value = f"<p>{learning_summary(self.records)}</p>" + _style_table(self.learning)
@@ -239,7 +227,6 @@ class ResultsExplorer:
         curves = curves[curves["model"] == self.curve_model.value]
         if curves.empty:
             return
-        import matplotlib.pyplot as plt
 
         self.curve_figure = plot_learning_curves(curves, columns=1)
         self.curve.value = figure_png(self.curve_figure, self.dpi)
@@ -251,8 +238,6 @@ class ResultsExplorer:
 
     def _switch_source(self) -> None:
         """Show another set of rows (this run or a reference run) in the heatmap and the bars."""
-        from mmlib.widgets._render import held
-
         self.results = r = self.sources[self.source.value]
         with held(self):
             for widget, options in ((self.database, sort_databases(r["database"])),
@@ -332,7 +317,6 @@ class ResultsExplorer:
             self.table_html.value = ("<i>these results fill none of the paper's tables 2-10 "
                                      "(they need the columns arch, training, drop ...)</i>")
             return
-        from mmlib.experiments.results.tables import table_by_name
 
         spec = table_by_name(n)
         self.table = spec.side_by_side(self.sources["this run"], self.references)

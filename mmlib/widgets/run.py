@@ -10,6 +10,12 @@ import pandas as pd
 
 from mmlib.data.cases import PreparedCase
 from mmlib.data.loaders import ChannelMap
+from mmlib.data.manifest import TRAINING_DATABASES
+from mmlib.experiments.plan.specs import joint_spec
+from mmlib.experiments.results.learning import model_records
+from mmlib.experiments.run.joint import run_joint
+from mmlib.experiments.run.study import Study
+from mmlib.widgets.results_explorer import load_results
 
 
 @dataclass
@@ -31,13 +37,6 @@ def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path |
     """The study in `out_dir` (the README's main command writes runs/quick): its current result rows,
     its joint Multi-Unet with drop and the training databases' test cases. A folder without that
     model gets it from `mmlib joint`'s pipeline, the model notebook 02 would train."""
-    from mmlib.data.manifest import TRAINING_DATABASES
-    from mmlib.experiments.run.joint import run_joint
-    from mmlib.experiments.results.learning import model_records
-    from mmlib.experiments.plan.specs import joint_spec
-    from mmlib.experiments.run.study import Study
-    from mmlib.widgets.results_explorer import load_results
-
     study = Study(Path(out_dir), preset, data_root=data_root, device=device, progress=False)
     spec = joint_spec("multiunet", True, study.seeds[0] if seed is None else seed)
     if not study.is_trained(spec):

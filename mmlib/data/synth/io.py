@@ -13,14 +13,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mmlib.io import atomic_write_bytes
+from mmlib.atomic_files import atomic_write_bytes
 
 # Level 1 is several times faster than the default 9 on noisy images, for a few % more bytes.
 GZIP_LEVEL = 1
 
 
 def _atomic_write(path: Path, payload: bytes) -> Path:
-    # A temporary file beside the target, then an atomic rename; the umask applies (mmlib.io).
+    # A temporary file beside the target, then an atomic rename; the umask applies (mmlib.atomic_files).
     return atomic_write_bytes(path, payload)
 
 

@@ -33,7 +33,8 @@ from mmlib.data.synth.fields import smooth_noise
 from mmlib.data.synth.io import write_json, write_nifti
 from mmlib.data.synth.pathology import MODELS, PLANS
 from mmlib.errors import MMLibError
-from mmlib.io import OutLock, atomic_write_json, clean_stale_temps, is_temp_file, prepare_out_dir, read_json
+from mmlib.atomic_files import atomic_write_json, clean_stale_temps, is_temp_file, read_json
+from mmlib.out_folder import OutLock, prepare_out_dir
 from mmlib.presets import Preset, load_preset
 
 
@@ -318,7 +319,7 @@ def make_twins(out_dir: str | Path, preset: str | Preset = "quick", seed: int = 
     Returns {name: root folder}. A twin interrupted with the same settings is resumed, one with
     other settings restarted; a complete twin is replaced (kept when `reuse` and its settings
     match). A folder mmlib did not write is refused (MMLibError). Files are written atomically
-    under a lock on out_dir (mmlib.io.OutLock).
+    under a lock on out_dir (mmlib.out_folder.OutLock).
     """
     from tqdm.auto import tqdm
 

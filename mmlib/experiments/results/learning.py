@@ -15,7 +15,7 @@ import pandas as pd
 
 from mmlib.engine.convergence import LEARNT_RULE, RULE, judge_record
 from mmlib.errors import MMLibError
-from mmlib.io import atomic_path, atomic_write_json
+from mmlib.atomic_files import atomic_path, atomic_write_json
 from mmlib.viz import plot_learning_curves
 
 

@@ -18,7 +18,7 @@ from mmlib.experiments.results.learning import (learning_frame, learning_summary
 from mmlib.experiments.results.markdown import markdown_table
 from mmlib.experiments.results.reference import agreement, reference_runs
 from mmlib.experiments.results.tables import TABLES
-from mmlib.io import atomic_write_text
+from mmlib.atomic_files import atomic_write_text
 from mmlib.presets import Preset
 
 

@@ -3,8 +3,9 @@ as Slurm jobs through submitit.
 
 `Study.run` hands each wave of ready jobs (parents before the models fine-tuned from them) to its
 executor. Every job reopens the study folder in its own process (`Study.reopener`) and trains and
-evaluates one `Job` (`Study.do_job`): this module knows a study only by those calls, never imports it; models are found again by identity, so a job resubmitted after a failure, a timeout or a
-preemption resumes from its last.pt. The executor is never part of a model's identity.
+evaluates one `Job` (`Study.do_job`): this module knows a study by those calls only and never
+imports it. Models are found again by identity, so a job resubmitted after a failure, a timeout or
+a preemption resumes from its last.pt. The executor is never part of a model's identity.
 
 Configuration, as a mapping (a YAML file, `mmlib study --executor ...` options, or JSON in
 $MMLIB_EXECUTOR, which is how the notebooks `mmlib study` runs see it):
@@ -38,7 +39,7 @@ from mmlib.engine.device import cpu_count
 from mmlib.errors import MMLibError
 from mmlib.experiments.plan.schedule import batch_per_database
 from mmlib.experiments.plan.specs import Job
-from mmlib.io import atomic_write_json, read_json
+from mmlib.atomic_files import atomic_write_json, read_json
 
 #: The environment variable holding the executor configuration (JSON) for notebook kernels.
 EXECUTOR_ENV = "MMLIB_EXECUTOR"
@@ -367,8 +368,13 @@ class StudyJob(_Checkpointable):
 
 
 # -- configuration -----------------------------------------------------------------------------------
-_SETTINGS = {"inline": set(), "local": {"processes"},
-             "slurm": {f.name for f in fields(SubmititExecutor)}}
+#: Each executor's settings (its configuration's keys besides `executor`), one table per executor.
+SETTINGS = {"inline": set(), "local": {"processes"},
+            "slurm": {f.name for f in fields(SubmititExecutor)}}
+#: The command line's --slurm-KEY options -> the slurm executor's settings.
+SLURM_OPTIONS = {"partition": "partition", "gpus": "gpus_per_job", "ranks": "ranks_per_job", "cpus": "cpus_per_job",
+                 "mem_gb": "mem_gb", "time": "time", "account": "account", "qos": "qos", "nodes": "nodes",
+                 "setup": "setup", "cluster": "cluster"}
 
 
 def executor_from_config(config, where: str | Path | None = None):
@@ -386,10 +392,10 @@ def executor_from_config(config, where: str | Path | None = None):
     kind = config.pop("executor", "local")
     if kind not in KINDS:
         raise MMLibError(f"unknown executor {kind!r}; known: {', '.join(KINDS)}", where)
-    unknown = sorted(set(config) - _SETTINGS[kind])
+    unknown = sorted(set(config) - SETTINGS[kind])
     if unknown:
         raise MMLibError(f"unknown setting(s) for the {kind} executor: {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(_SETTINGS[kind])) or 'none'}", where)
+                         f"{', '.join(sorted(SETTINGS[kind])) or 'none'}", where)
     try:
         if kind == "inline":
             return InlineExecutor()
@@ -433,5 +439,6 @@ def config_from_env() -> dict | None:
     return config
 
 
-__all__ = ["EXECUTOR_ENV", "SETTINGS", "InlineExecutor", "LocalExecutor", "StudyJob", "SubmititExecutor", "config_from_env",
+__all__ = ["EXECUTOR_ENV", "SETTINGS", "SLURM_OPTIONS", "InlineExecutor", "LocalExecutor", "StudyJob", "SubmititExecutor",
+           "config_from_env",
            "executor_from_config", "job_failure", "load_executor_config", "parse_time", "run_job", "worker_gpus"]

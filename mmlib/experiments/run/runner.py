@@ -26,7 +26,7 @@ from mmlib.errors import MMLibError
 from mmlib.experiments.results.report import write_report
 from mmlib.experiments.run.executors import EXECUTOR_ENV, executor_from_config
 from mmlib.experiments.run.study import Study
-from mmlib.io import atomic_write_json, read_json
+from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.presets import load_preset
 
 NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",

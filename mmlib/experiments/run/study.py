@@ -50,7 +50,7 @@ from mmlib.experiments.plan.schedule import batch_per_database, schedule
 from mmlib.experiments.plan.specs import Evaluation, Job, ModelSpec, single_test_modality, spec_from_dict, with_parents
 from mmlib.experiments.results.rows import read_rows, write_rows
 from mmlib.experiments.run.executors import InlineExecutor, config_from_env, executor_from_config
-from mmlib.io import atomic_write_json, read_json
+from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.models import ProgressiveUNet, assign_new_modalities, build_model
 from mmlib.presets import Preset, load_preset
 
