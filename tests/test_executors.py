@@ -13,9 +13,9 @@ import pytest
 from mmlib.cli import main
 from mmlib.engine.checkpoint import load_checkpoint
 from mmlib.errors import MMLibError
+from mmlib.experiments.plan.specs import Evaluation, Job, joint_spec, sd_spec
 from mmlib.experiments.run.executors import (EXECUTOR_ENV, LocalExecutor, SubmititExecutor, config_from_env,
                                          executor_from_config, parse_time, worker_gpus)
-from mmlib.experiments.plan.specs import Evaluation, Job, joint_spec, sd_spec
 from mmlib.experiments.run.study import Study
 
 #: The Slurm path run as processes on this machine: two CPU ranks for a model that can split its batch.

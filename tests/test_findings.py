@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from mmlib.data.manifest import TRAINING_DATABASES, load_manifest
+from mmlib.experiments.plan.specs import ARCHITECTURES, single_test_modality
 from mmlib.experiments.results import tables as T
 from mmlib.experiments.results.findings import (CLAUSES, evaluate_findings, finding_verdict, findings_markdown, judge,
                                         judge_paper, verdict, write_findings)
-from mmlib.experiments.plan.specs import ARCHITECTURES, single_test_modality
 
 CASES = ("c1", "c2", "c3")
 EPS = 0.005

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from test_findings import cells_at, rows_for_cells
 
-from mmlib.experiments.results.findings import CLAUSES, evaluate_findings
 from mmlib.experiments.notebook import reading
+from mmlib.experiments.results.findings import CLAUSES, evaluate_findings
 
 F4 = next(c for c in CLAUSES if c.key == "F4 better than the tumour-only model (Tumor 2 T1)")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 from test_findings import cells_at, rows_for_cells
 
-from mmlib.experiments.results.findings import CLAUSES
 from mmlib.experiments.plan.deviations import deviations
+from mmlib.experiments.results.findings import CLAUSES
 from mmlib.experiments.results.markdown import markdown_table
 from mmlib.experiments.results.report import study_report
 from mmlib.presets import load_preset

@@ -19,9 +19,9 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from mmlib.atomic_files import atomic_write_bytes
 from mmlib.env import positive_number
 from mmlib.errors import ImageReadError, MMLibError
-from mmlib.atomic_files import atomic_write_bytes
 
 # nibabel surfaces a damaged file through many exception types, depending on where the damage is.
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError,

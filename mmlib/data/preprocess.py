@@ -24,12 +24,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from mmlib.atomic_files import atomic_open, clean_stale_temps
 from mmlib.data.cases import IGNORE, PreparedCase, RawCase
 from mmlib.data.identity import case_sources, cases_identity, changed_files, manifest_content, short_hash
 from mmlib.data.readers import find_cases, read_case
 from mmlib.data.validate import label_value_problem
 from mmlib.errors import ImageReadError, MMLibError
-from mmlib.atomic_files import atomic_open, clean_stale_temps
 
 #: Bump whenever the output of `prepare_case` changes: it invalidates every cache entry.
 PREPROCESS_VERSION = 1

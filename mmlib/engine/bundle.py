@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 import mmlib
+from mmlib.atomic_files import atomic_write_json
 from mmlib.data.loaders import ChannelMap
 from mmlib.engine.checkpoint import atomic_save
 from mmlib.engine.predict import CaseRequest, Predictor, Preprocessing, load_predictor, parse_pairs, predict_files
 from mmlib.errors import CheckpointError
-from mmlib.atomic_files import atomic_write_json
-from mmlib.out_folder import prepare_out_dir
 from mmlib.models.authors import in_mmlib_order
+from mmlib.out_folder import prepare_out_dir
 
 #: The bundle's own version (of its layout; bump when the files change meaning).
 BUNDLE_VERSION = "0.1.0"

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmlib.atomic_files import atomic_open
 from mmlib.data.loaders import ChannelMap
 from mmlib.engine.device import pick_device
 from mmlib.engine.precision import state_finite
 from mmlib.env import positive_number
 from mmlib.errors import CheckpointError
-from mmlib.atomic_files import atomic_open
 from mmlib.models import build_model
 
 FORMAT_VERSION = 1

@@ -24,9 +24,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from mmlib.atomic_files import atomic_write_json
 from mmlib.engine.losses import dice_loss
 from mmlib.errors import MMLibError
-from mmlib.atomic_files import atomic_write_json
 
 #: Optimiser steps of the self-check, and its tolerances: the bf16 gradient of the first step
 #: within GRAD_TOLERANCE (relative L2) of float32's, the losses of every step within LOSS_TOLERANCE.

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlib.atomic_files import atomic_path, read_json
 from mmlib.data.cases import PreparedCase
 from mmlib.data.loaders import ChannelMap
 from mmlib.data.modalities import canonical_modality, sort_modalities
@@ -34,7 +35,6 @@ from mmlib.engine.checkpoint import load_model
 from mmlib.engine.device import pick_device
 from mmlib.engine.evaluate import ROW_COLUMNS, case_row, predict_probabilities
 from mmlib.errors import CheckpointError, ImageReadError, MMLibError, ModalityError
-from mmlib.atomic_files import atomic_path, read_json
 from mmlib.models.authors import AUTHORS_CHANNELS, authors_multiunet, in_mmlib_order, is_authors_state_dict
 from mmlib.presets import load_preset
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmlib.atomic_files import atomic_path, atomic_write_json
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import distributed
 from mmlib.engine.checkpoint import CheckpointSchedule, load_checkpoint, load_weights, save_checkpoint
@@ -33,7 +34,6 @@ from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everythi
 from mmlib.engine.losses import dice_loss
 from mmlib.engine.precision import NonFiniteError, PrecisionCheck, checked_dtype, model_finite
 from mmlib.errors import MMLibError
-from mmlib.atomic_files import atomic_path, atomic_write_json
 
 
 @dataclass

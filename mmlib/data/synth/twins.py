@@ -25,6 +25,7 @@ from typing import Iterable
 import nibabel as nib
 import numpy as np
 
+from mmlib.atomic_files import atomic_write_json, clean_stale_temps, is_temp_file, read_json
 from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, load_manifest, manifest_dir
 from mmlib.data.synth.anatomy import Grid, load_template, make_grid, sample_anatomy, sample_geometry
 from mmlib.data.synth.contrast import (LESION, OWN_SIGNAL, TISSUE, add_lesions, normal_tissue,
@@ -33,7 +34,6 @@ from mmlib.data.synth.fields import smooth_noise
 from mmlib.data.synth.io import write_json, write_nifti
 from mmlib.data.synth.pathology import MODELS, PLANS
 from mmlib.errors import MMLibError
-from mmlib.atomic_files import atomic_write_json, clean_stale_temps, is_temp_file, read_json
 from mmlib.out_folder import OutLock, prepare_out_dir
 from mmlib.presets import Preset, load_preset
 

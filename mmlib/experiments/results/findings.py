@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmlib.atomic_files import atomic_write_json
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine.convergence import LEARNT_MARGIN, beats_floor
 from mmlib.experiments.plan.specs import ARCHITECTURES, SMALL_DATABASES
 from mmlib.experiments.results import tables as T
 from mmlib.experiments.results.markdown import markdown_table
 from mmlib.experiments.results.paper import paper_finding, paper_table
-from mmlib.atomic_files import atomic_write_json
 
 FINDINGS = ("F1", "F2", "F3", "F4", "F5", "F6")
 #: Bootstrap replicates and the generator's seed (fixed: a verdict never changes between readings).

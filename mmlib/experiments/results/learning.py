@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmlib.atomic_files import atomic_path, atomic_write_json
 from mmlib.engine.convergence import LEARNT_RULE, RULE, judge_record
 from mmlib.errors import MMLibError
-from mmlib.atomic_files import atomic_path, atomic_write_json
 from mmlib.viz import plot_learning_curves
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmlib.atomic_files import atomic_write_text
 from mmlib.errors import MMLibError
 from mmlib.experiments.results.learning import learning_frame, learning_summary
 from mmlib.experiments.results.markdown import markdown_table
 from mmlib.experiments.results.reference import REFERENCE_DIR, ReferenceRun, reference_runs
 from mmlib.experiments.results.tables import table_by_name
-from mmlib.atomic_files import atomic_write_text
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 _BLOCK = re.compile(r"(<!-- mmlib:(?P<kind>[\w-]+):(?P<run>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /mmlib -->)", re.S)

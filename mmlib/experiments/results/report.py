@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from mmlib.atomic_files import atomic_write_text
 from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
 from mmlib.experiments.results.findings import FINDINGS, evaluate_findings, findings_markdown
 from mmlib.experiments.results.learning import (learning_frame, learning_summary, model_records, run_precision,
@@ -18,7 +19,6 @@ from mmlib.experiments.results.learning import (learning_frame, learning_summary
 from mmlib.experiments.results.markdown import markdown_table
 from mmlib.experiments.results.reference import agreement, reference_runs
 from mmlib.experiments.results.tables import TABLES
-from mmlib.atomic_files import atomic_write_text
 from mmlib.presets import Preset
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib.errors import MMLibError
 from mmlib.atomic_files import atomic_path
+from mmlib.errors import MMLibError
 
 #: Numeric columns that stay numbers even when every value is missing.
 NUMERIC_COLUMNS = ("dice", "sensitivity", "precision", "assd", "n_train_cases", "val_dice", "val_floor")

@@ -34,12 +34,12 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.engine import distributed
 from mmlib.engine.device import cpu_count
 from mmlib.errors import MMLibError
 from mmlib.experiments.plan.schedule import batch_per_database
 from mmlib.experiments.plan.specs import Job
-from mmlib.atomic_files import atomic_write_json, read_json
 
 #: The environment variable holding the executor configuration (JSON) for notebook kernels.
 EXECUTOR_ENV = "MMLIB_EXECUTOR"

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmlib.atomic_files import atomic_path, atomic_write_json
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine import distributed
 from mmlib.experiments.plan.jobs import joint_jobs
 from mmlib.experiments.results.rows import write_rows
 from mmlib.experiments.run.experiments import baselines
 from mmlib.experiments.run.study import Study, as_preset
-from mmlib.atomic_files import atomic_path, atomic_write_json
 from mmlib.presets import JointVariant
 from mmlib.viz import plot_combination_dice
 

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import papermill as pm
 
+from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.data.identity import short_hash
 from mmlib.engine import distributed
 from mmlib.errors import MMLibError
 from mmlib.experiments.results.report import write_report
 from mmlib.experiments.run.executors import EXECUTOR_ENV, executor_from_config
 from mmlib.experiments.run.study import Study
-from mmlib.atomic_files import atomic_write_json, read_json
-from mmlib.presets import load_preset
 
 NOTEBOOKS = ("00_databases", "01_single_database_baselines", "02_joint_training",
              "03_new_modality_sets", "04_unseen_pathologies_and_finetuning", "05_explore", "99_findings")
@@ -77,7 +76,7 @@ def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_paramete
     params = {"preset": preset, "out_dir": str(out_dir), "data_root": data_root, "device": device,
               **(extra_parameters or {})}
     # A notebook runs again when its parameters or the preset's settings changed.
-    settings = short_hash(asdict(load_preset(preset)))
+    settings = short_hash(asdict(study.preset))
     timings = {}
     for name in notebooks or NOTEBOOKS:
         src = notebooks_dir() / f"{name}.ipynb"

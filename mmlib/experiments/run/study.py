@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.data.identity import short_hash
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, data_root_from_env, load_manifest, use_twins
@@ -50,7 +51,6 @@ from mmlib.experiments.plan.schedule import batch_per_database, schedule
 from mmlib.experiments.plan.specs import Evaluation, Job, ModelSpec, single_test_modality, spec_from_dict, with_parents
 from mmlib.experiments.results.rows import read_rows, write_rows
 from mmlib.experiments.run.executors import InlineExecutor, config_from_env, executor_from_config
-from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.models import ProgressiveUNet, assign_new_modalities, build_model
 from mmlib.presets import Preset, load_preset
 
