@@ -24,7 +24,7 @@ from mmlib.data.cases import PreparedCase
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.manifest import TRAINING_DATABASES, load_manifest
 from mmlib.engine.device import pick_device
-from mmlib.engine.evaluate import evaluate_all_combinations
+from mmlib.engine.evaluate import EvalSettings, evaluate_all_combinations
 from mmlib.engine.train import TrainStep
 from mmlib.models import build_model
 from mmlib.presets import load_preset
@@ -255,8 +255,8 @@ def eval_case(cmap: ChannelMap, width: float, roi: int, volume, device, rounds: 
         for key, kw in variants.items():
             sync(device)
             t0 = time.perf_counter()
-            rows[key] = evaluate_all_combinations(model, [case], cmap, roi=roi, overlap=0.25, device=device,
-                                                  progress=False, **kw)
+            rows[key] = evaluate_all_combinations(model, [case], cmap,
+                                                  EvalSettings(roi, 0.25, device, progress=False, **kw))
             sync(device)
             times[key].append(time.perf_counter() - t0)
     today = rows["today"]["dice"].values

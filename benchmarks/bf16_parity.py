@@ -18,7 +18,7 @@ import torch
 
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.manifest import TRAINING_DATABASES
-from mmlib.engine.evaluate import evaluate_cases
+from mmlib.engine.evaluate import EvalSettings, evaluate_cases
 from mmlib.engine.train import train
 from mmlib.experiments.common import batch_per_database, load_databases
 from mmlib.models import build_model
@@ -39,8 +39,8 @@ def run(dbs, cmap, preset, seed: int, amp: bool, steps: int, lr_drop: int, devic
     train(model, batches, steps, preset.lr, lr_drop, out, {"arch": "multiunet", "width": preset.width,
           "dice_batch": preset.dice_batch}, cmap, device=device, amp=amp, progress=False, seed=seed)
     sec = (time.perf_counter() - t0) / steps
-    rows = evaluate_cases(model, [c for d in dbs.values() for c in d.test], cmap, roi=preset.crop,
-                          overlap=preset.sw_overlap, device=device, progress=False, amp=False)
+    rows = evaluate_cases(model, [c for d in dbs.values() for c in d.test], cmap,
+                          EvalSettings(preset.crop, preset.sw_overlap, device, amp=False, progress=False))
     per_db = rows.groupby("database")["dice"].mean()
     return {"seed": seed, "amp": amp, "fp32_layers": list(fp32_layers), "s_per_step": sec,
             "dice": float(per_db.mean()), "dice_by_database": per_db.round(4).to_dict()}

@@ -21,7 +21,7 @@ from mmlib.data.cases import IGNORE, PreparedCase
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import distributed
 from mmlib.engine.checkpoint import load_checkpoint
-from mmlib.engine.evaluate import evaluate_all_combinations
+from mmlib.engine.evaluate import EvalSettings, evaluate_all_combinations
 from mmlib.engine.train import train
 from mmlib.errors import MMLibError
 from mmlib.models import MAFUNet, MultiUNet
@@ -103,8 +103,8 @@ def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
         # 3. MAFUnet leaves the encoder of a modality out when the share lacks it.
         report["mafunet_losses"] = _train(folder / "mafunet", 2, arch="mafunet")[1].losses
         # 4. Evaluation split across the ranks: the rows of one process, in its order.
-        rows = evaluate_all_combinations(model.eval(), _sets()["C"] + _sets()["A"], CMAP, roi=32, overlap=0.25,
-                                         device="cpu", progress=False, across_ranks=True)
+        rows = evaluate_all_combinations(model.eval(), _sets()["C"] + _sets()["A"], CMAP,
+                                         EvalSettings(32, 0.25, "cpu", progress=False, across_ranks=True))
         if rank == 0:
             rows.to_csv(folder / "rows.csv", index=False)
         # 5. Refusals, the same on every rank.
@@ -195,8 +195,8 @@ def test_mafunet_trains_on_two_ranks_though_a_share_may_lack_a_modality(two_rank
 def test_evaluation_split_across_ranks_gives_the_rows_of_one_process_in_its_order(two_ranks):
     model = _model()
     model.load_state_dict(torch.load(two_ranks / "one-first-then-ddp.pt"))
-    one = evaluate_all_combinations(model.eval(), _sets()["C"] + _sets()["A"], CMAP, roi=32, overlap=0.25,
-                                    device="cpu", progress=False, across_ranks=True)  # one process: no split
+    one = evaluate_all_combinations(model.eval(), _sets()["C"] + _sets()["A"], CMAP,  # one process: no split
+                                    EvalSettings(32, 0.25, "cpu", progress=False, across_ranks=True))
     split = pd.read_csv(two_ranks / "rows.csv", keep_default_na=False)
     assert list(split["case_id"]) == list(one["case_id"]) and list(split["subset"]) == list(one["subset"])
     assert np.allclose(split["dice"].astype(float), one["dice"].astype(float))

@@ -3,6 +3,7 @@ and the threshold baseline. Tiny stand-in networks and 16^3 volumes keep it fast
 
 import importlib
 import importlib.util
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,8 @@ from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import checkpoint as ckpt
 from mmlib.engine.baselines import threshold_baseline
 from mmlib.engine.device import cpu_bf16_native
-from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases, predict_case, predict_subsets
+from mmlib.engine.evaluate import (EvalSettings, SlidingWindow, evaluate_all_combinations, evaluate_cases, predict_case,
+                                   predict_subsets)
 from mmlib.engine.train import train
 from mmlib.errors import CheckpointError
 
@@ -391,14 +393,14 @@ def test_batches_drawn_on_the_device_train_and_resume(tmp_path):
 
 def test_predict_case_returns_the_input_shape_for_sizes_not_divisible_by_16():
     model = TinyNet(2, needs_multiple_of_16=True)
-    pred = predict_case(model, np.zeros((2, 20, 17, 13), np.float32), roi=16, overlap=0.25, device="cpu")
+    pred = predict_case(model, np.zeros((2, 20, 17, 13), np.float32), SlidingWindow(16, 0.25, "cpu"))
     assert pred.shape == (20, 17, 13) and pred.dtype == bool
 
 
 def test_evaluate_cases_scores_a_perfect_model_with_dice_one():
     cases = [toy_case("c0", 0), toy_case("c1", 1)]
-    rows = evaluate_cases(ThresholdNet(), cases, CMAP, roi=16, overlap=0.25, device="cpu",
-                          model_name="perfect", extra={"seed": 0}, progress=False)
+    rows = evaluate_cases(ThresholdNet(), cases, CMAP, EvalSettings(16, 0.25, "cpu", progress=False),
+                          model_name="perfect", extra={"seed": 0})
     assert list(rows["case_id"]) == ["c0", "c1"]
     assert set(rows["subset"]) == {"FLAIR+T1"} and set(rows["n_modalities"]) == {2}
     assert rows["dice"].tolist() == [1.0, 1.0] and rows["assd"].tolist() == [0.0, 0.0]
@@ -408,8 +410,8 @@ def test_evaluate_cases_scores_a_perfect_model_with_dice_one():
 
 def test_evaluate_cases_feeds_only_the_subset_and_marks_its_channels_present():
     model = TinyNet(3)
-    rows = evaluate_cases(model, [toy_case("c0", 0)], CMAP, subset=["T1"], roi=16, overlap=0.0,
-                          device="cpu", progress=False)
+    rows = evaluate_cases(model, [toy_case("c0", 0)], CMAP, EvalSettings(16, 0.0, "cpu", progress=False),
+                          subset=["T1"])
     assert rows["subset"].tolist() == ["T1"] and rows["n_modalities"].tolist() == [1]
     # (on CPU a single window is run as a batch of two identical ones, for speed)
     assert all(row == [False, True, False] for row in model.seen_present[-1].tolist())
@@ -417,8 +419,8 @@ def test_evaluate_cases_feeds_only_the_subset_and_marks_its_channels_present():
 
 def test_evaluate_all_combinations_gives_one_row_per_case_and_non_empty_subset():
     cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2")), toy_case("c1", 1, ("FLAIR", "T1", "T2"))]
-    rows = evaluate_all_combinations(TinyNet(3), cases, CMAP, roi=16, overlap=0.0, device="cpu",
-                                     model_name="tiny", extra={"training": "drop"}, progress=False)
+    rows = evaluate_all_combinations(TinyNet(3), cases, CMAP, EvalSettings(16, 0.0, "cpu", progress=False),
+                                     model_name="tiny", extra={"training": "drop"})
     assert len(rows) == 2 * (2**3 - 1)
     assert sorted(rows.groupby("case_id").size()) == [7, 7]
     assert {"FLAIR", "T1+T2", "FLAIR+T1+T2"} <= set(rows["subset"])
@@ -450,20 +452,20 @@ def dense_case(case_id="d0", modalities=("FLAIR", "T1", "T2"), shape=(20, 17, 13
 
 def test_batched_evaluation_feeds_each_window_its_own_subsets_present_mask():
     net = PresenceNet()
-    rows = evaluate_all_combinations(net, [dense_case()], CMAP, roi=16, overlap=0.5, device="cpu",
-                                     progress=False, sw_batch=16)
+    rows = evaluate_all_combinations(net, [dense_case()], CMAP,
+                                     EvalSettings(16, 0.5, "cpu", sw_batch=16, progress=False))
     assert len(rows) == 7 and len(net.rows) == 7
     assert max(net.batch_sizes) == 16  # 4 windows a subset: windows of 4 subsets in one pass
 
 
 def test_cpu_inference_never_runs_a_batch_of_one():
     net = PresenceNet()
-    evaluate_cases(net, [dense_case(shape=(16, 16, 16))], CMAP, roi=16, overlap=0.0, device="cpu", progress=False)
+    evaluate_cases(net, [dense_case(shape=(16, 16, 16))], CMAP, EvalSettings(16, 0.0, "cpu", progress=False))
     assert net.batch_sizes == [2]  # one window, run twice
     net.batch_sizes.clear()
     # 17 windows per subset: the last pass of SW_BATCH_SUBSETS = 16 would hold one
     predict_subsets(net, dense_case(shape=(16, 16, 16 * 17)).image[:1].repeat(3, 0),
-                    np.array([[True, True, True]]), roi=16, overlap=0.0, device="cpu", sw_batch=16)
+                    np.array([[True, True, True]]), SlidingWindow(16, 0.0, "cpu", sw_batch=16))
     assert net.batch_sizes == [16, 2]
 
 
@@ -483,14 +485,15 @@ def test_batched_evaluation_gives_bit_for_bit_the_masks_of_one_pass_per_subset()
     image = CMAP.assemble(cases[0])
     presents = np.array([[s in sub for s in CMAP.modalities] for sub in
                          [("FLAIR",), ("T1", "T2"), ("FLAIR", "T1", "T2")]])
-    together = predict_subsets(model, image, presents, roi=32, overlap=0.25, device="cpu")
+    together = predict_subsets(model, image, presents, SlidingWindow(32, 0.25, "cpu"))
     for pres, mask in zip(presents, together):
-        alone = predict_case(model, np.where(pres[:, None, None, None], image, 0.0), 32, 0.25, "cpu", pres)
+        alone = predict_case(model, np.where(pres[:, None, None, None], image, 0.0), SlidingWindow(32, 0.25, "cpu"),
+                             pres)
         assert np.array_equal(mask, alone)
     assert 0.02 < together.mean() < 0.98  # a mix of lesion and background: the test can fail
-    kw = dict(roi=32, overlap=0.25, device="cpu", progress=False)
-    batched = evaluate_all_combinations(model, cases, CMAP, **kw)
-    one_by_one = evaluate_all_combinations(model, cases, CMAP, batched=False, **kw)
+    settings = EvalSettings(32, 0.25, "cpu", progress=False)
+    batched = evaluate_all_combinations(model, cases, CMAP, settings)
+    one_by_one = evaluate_all_combinations(model, cases, CMAP, replace(settings, batched=False))
     pd.testing.assert_frame_equal(batched, one_by_one)
     assert len(batched) == 7 + 3
 
@@ -498,30 +501,31 @@ def test_batched_evaluation_gives_bit_for_bit_the_masks_of_one_pass_per_subset()
 def test_evaluate_cases_with_several_subsets_equals_one_call_per_subset():
     cases = [toy_case("c0", 0, ("FLAIR", "T1", "T2")), toy_case("c1", 1, ("FLAIR", "T1", "T2"))]
     subsets = [("T1",), ("FLAIR", "T2"), ("FLAIR",)]
-    kw = dict(roi=16, overlap=0.25, device="cpu", progress=False, extra={"seed": 1})
-    together = evaluate_cases(ThresholdNet(), cases, CMAP, subsets=subsets, **kw)
-    apart = pd.concat([evaluate_cases(ThresholdNet(), cases, CMAP, subset=s, **kw) for s in subsets],
+    settings, kw = EvalSettings(16, 0.25, "cpu", progress=False), dict(extra={"seed": 1})
+    together = evaluate_cases(ThresholdNet(), cases, CMAP, settings, subsets=subsets, **kw)
+    apart = pd.concat([evaluate_cases(ThresholdNet(), cases, CMAP, settings, subset=s, **kw) for s in subsets],
                       ignore_index=True)
     pd.testing.assert_frame_equal(together, apart)
     assert together["subset"].tolist() == ["T1", "T1", "FLAIR+T2", "FLAIR+T2", "FLAIR", "FLAIR"]
     with pytest.raises(ValueError):
-        evaluate_cases(ThresholdNet(), cases, CMAP, subset=("T1",), subsets=subsets, **kw)
+        evaluate_cases(ThresholdNet(), cases, CMAP, settings, subset=("T1",), subsets=subsets, **kw)
 
 
 def test_max_subsets_bounds_a_pass_without_changing_the_rows():
-    case, kw = toy_case("c0", 0, ("FLAIR", "T1", "T2")), dict(roi=16, overlap=0.0, device="cpu", progress=False)
-    whole = evaluate_all_combinations(ThresholdNet(), [case], CMAP, **kw)
+    case, settings = toy_case("c0", 0, ("FLAIR", "T1", "T2")), EvalSettings(16, 0.0, "cpu", progress=False)
+    whole = evaluate_all_combinations(ThresholdNet(), [case], CMAP, settings)
     net = PresenceNet()
-    evaluate_all_combinations(net, [dense_case(shape=(16, 16, 16))], CMAP, max_subsets=2, **kw)
+    evaluate_all_combinations(net, [dense_case(shape=(16, 16, 16))], CMAP, replace(settings, max_subsets=2))
     assert max(net.batch_sizes) == 2 and len(net.rows) == 7  # one window, two subsets per pass
-    pd.testing.assert_frame_equal(evaluate_all_combinations(ThresholdNet(), [case], CMAP, max_subsets=3, **kw), whole)
+    pd.testing.assert_frame_equal(evaluate_all_combinations(ThresholdNet(), [case], CMAP,
+                                                            replace(settings, max_subsets=3)), whole)
 
 
 def test_predict_case_autocasts_only_when_asked():
     net = DtypeNet()
-    predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu")
+    predict_case(net, np.ones((3, 16, 16, 16), np.float32), SlidingWindow(16, 0.0, "cpu"))
     assert net.seen_dtype == torch.float32
-    predict_case(net, np.ones((3, 16, 16, 16), np.float32), 16, 0.0, "cpu", amp=True)
+    predict_case(net, np.ones((3, 16, 16, 16), np.float32), SlidingWindow(16, 0.0, "cpu", amp=True))
     assert net.seen_dtype == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
 
 
@@ -568,5 +572,5 @@ def test_real_multiunet_trains_saves_reloads_and_predicts(tmp_path):
                    device="cpu", progress=False)
     reloaded, cmap_dict, config = load_model(result.path, "cpu")
     assert cmap_dict == cmap.to_dict() and config["arch"] == "multiunet"
-    rows = evaluate_cases(reloaded, cases[:1], cmap, roi=32, overlap=0.0, device="cpu", progress=False)
+    rows = evaluate_cases(reloaded, cases[:1], cmap, EvalSettings(32, 0.0, "cpu", progress=False))
     assert len(rows) == 1 and 0.0 <= rows["dice"].iloc[0] <= 1.0

@@ -27,7 +27,7 @@ from mmlib.data.preprocess import prepare_case
 from mmlib.data.readers import find_cases, read_case
 from mmlib.engine.bundle import bundle_predictor
 from mmlib.engine.checkpoint import save_checkpoint
-from mmlib.engine.evaluate import ROW_COLUMNS, evaluate_cases
+from mmlib.engine.evaluate import ROW_COLUMNS, EvalSettings, evaluate_cases
 from mmlib.engine.predict import load_predictor
 from mmlib.errors import CheckpointError
 from mmlib.models import MultiUNet
@@ -267,8 +267,8 @@ def test_a_database_gets_one_segmentation_per_case_and_the_studys_rows(tmp_path,
     # The study's own evaluation of the same model on the same prepared cases gives the same rows.
     predictor = load_predictor(ckpt)
     cases = [prepare_case(manifest, read_case(manifest, f), 3.0) for f in find_cases(manifest, tmp_path / "WMH")]
-    study = evaluate_cases(predictor.model, cases, predictor.channel_map, roi=32, overlap=0.25, device="cpu",
-                           model_name="tiny", progress=False)
+    study = evaluate_cases(predictor.model, cases, predictor.channel_map,
+                           EvalSettings(32, 0.25, "cpu", progress=False), model_name="tiny")
     assert np.allclose(rows.sort_values("case_id")["dice"], study.sort_values("case_id")["dice"])
     summary = pd.read_csv(out / "summary.csv")
     assert np.isclose(summary["dice_mean"].iloc[0], rows["dice"].mean())

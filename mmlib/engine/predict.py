@@ -33,7 +33,7 @@ from mmlib.data.preprocess import (AUTHORS_NORMALISATION, STUDY_NORMALISATION, N
 from mmlib.data.readers import find_cases, read_case
 from mmlib.engine.checkpoint import load_model
 from mmlib.engine.device import pick_device
-from mmlib.engine.evaluate import ROW_COLUMNS, case_row, predict_probabilities
+from mmlib.engine.evaluate import ROW_COLUMNS, SlidingWindow, case_row, predict_probabilities
 from mmlib.errors import CheckpointError, ImageReadError, MMLibError, ModalityError
 from mmlib.models.authors import AUTHORS_CHANNELS, authors_multiunet, in_mmlib_order, is_authors_state_dict
 from mmlib.presets import load_preset
@@ -265,8 +265,8 @@ def segment(predictor: Predictor, case: PreparedCase, cmap: ChannelMap,
     present = np.zeros((1, len(cmap)), bool)
     present[0, cmap.channels(case.modalities)] = True
     prep, device = predictor.preprocessing, pick_device(device)
-    return predict_probabilities(predictor.model, cmap.assemble(case), present, prep.roi, prep.overlap, device,
-                                 sw_batch=SW_BATCH_PREDICT.get(device.type, 1))[0]
+    window = SlidingWindow(prep.roi, prep.overlap, device, sw_batch=SW_BATCH_PREDICT.get(device.type, 1))
+    return predict_probabilities(predictor.model, cmap.assemble(case), present, window)[0]
 
 
 def to_input_grid(probs: np.ndarray, case: PreparedCase, ref: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from mmlib.data.cases import IGNORE, PreparedCase
 from mmlib.data.loaders import ChannelMap
 from mmlib.data.modalities import sort_modalities
-from mmlib.engine.evaluate import predict_case
+from mmlib.engine.evaluate import SlidingWindow, predict_case
 from mmlib.errors import MMLibError, ModalityError
 from mmlib.metrics import segmentation_metrics
 from mmlib.widgets._render import (COLOURS, DPI, PLANES, apply_window, case_key, case_label, compose_rgb,
@@ -44,7 +44,7 @@ def predict_subset(model, channel_map: ChannelMap, case: PreparedCase, subset: S
     keep = [case.modalities.index(m) for m in subset]
     image = channel_map.assemble(replace(case, modalities=subset, image=case.image[keep]))
     t0 = time.perf_counter()
-    pred = predict_case(model, image, roi, overlap, device, present)
+    pred = predict_case(model, image, SlidingWindow(roi, overlap, device), present)
     return np.asarray(pred, bool), (time.perf_counter() - t0) * 1000.0
 
 

@@ -43,7 +43,7 @@ from mmlib.engine.baselines import outlier_baseline
 from mmlib.engine.checkpoint import load_model
 from mmlib.engine.convergence import Validation, judge_record
 from mmlib.engine.device import seed_everything
-from mmlib.engine.evaluate import evaluate_all_combinations, evaluate_cases
+from mmlib.engine.evaluate import EvalSettings, evaluate_all_combinations, evaluate_cases
 from mmlib.engine.predict import study_preprocessing
 from mmlib.engine.train import train
 from mmlib.errors import MMLibError
@@ -252,11 +252,10 @@ class Study:
         held = {n: d.val for n, d in dbs.items() if d.val}
         if not held:
             return None
-        kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device, progress=False,
-                  amp=self.preset.amp)
+        settings = self.eval_settings(progress=False, across_ranks=False)
 
         def measure(model) -> dict[str, float]:
-            return {n: float(evaluate_cases(model, cases, cmap, **kw)["dice"].mean()) for n, cases in held.items()}
+            return {n: float(evaluate_cases(model, cases, cmap, settings)["dice"].mean()) for n, cases in held.items()}
 
         floor = {n: float(outlier_baseline(cases, single_test_modality(dbs[n].manifest.modalities))["dice"].mean())
                  for n, cases in held.items()}
@@ -269,6 +268,11 @@ class Study:
         return record if isinstance(record, dict) else {}
 
     # -- evaluations -----------------------------------------------------------------------------
+    def eval_settings(self, progress: bool, across_ranks: bool) -> EvalSettings:
+        """How this study evaluates a model: the preset's window, overlap and precision on its device."""
+        return EvalSettings(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
+                            amp=self.preset.amp, progress=progress, across_ranks=across_ranks)
+
     def evaluation_settings(self) -> str:
         """Hash of the settings that change evaluation rows but not the trained model."""
         return short_hash({"roi": self.preset.crop, "overlap": self.preset.sw_overlap, "amp": self.preset.amp,
@@ -299,14 +303,13 @@ class Study:
         db = self.databases([ev.database])[ev.database]
         if ev.database not in spec.databases:  # a database the model never saw (Appendix B)
             cmap = eval_channel_map(cmap, db.manifest.modalities)
-        kw = dict(roi=self.preset.crop, overlap=self.preset.sw_overlap, device=self.device,
-                  model_name=spec.trained.name, progress=self.progress, amp=self.preset.amp, across_ranks=True)
+        settings, name = self.eval_settings(progress=self.progress, across_ranks=True), spec.trained.name
         if ev.combinations:
-            rows = evaluate_all_combinations(model, db.test, cmap, **kw)
+            rows = evaluate_all_combinations(model, db.test, cmap, settings, model_name=name)
         else:
             # Subsets the model has no channel for are the paper's n/a cells; () = all modalities.
             subsets = [s or None for s in ev.subsets if not s or all(_has_channel(cmap, m) for m in s)]
-            rows = (evaluate_cases(model, db.test, cmap, subsets=subsets, **kw) if subsets
+            rows = (evaluate_cases(model, db.test, cmap, settings, subsets=subsets, model_name=name) if subsets
                     else pd.DataFrame(columns=["database", "subset"]))
         full = "+".join(sort_modalities(db.manifest.modalities))
         return rows.assign(all_modalities=rows["subset"] == full)
