@@ -17,6 +17,13 @@ from mmlib.errors import MMLibError
 
 _PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 
+#: The paper's training recipe (a preset that keeps it adds nothing to its models' identity).
+_PAPER_RECIPE = {"loss": "dice", "lr_schedule": "step", "warmup_fraction": 0.0}
+#: The training losses and learning-rate schedules a preset may name (mmlib.engine.losses and
+#: mmlib.engine.train implement them).
+LOSSES = ("dice", "dice_bce")
+SCHEDULES = ("step", "cosine")
+
 #: The five training databases of the paper (Table 3 order is set by the tables, not here).
 _TRAINING = ("BRATS", "ATLAS", "MSSEG", "TBI", "WMH")
 
@@ -110,6 +117,11 @@ class Preset:
     val_max_cases: int = 8
     val_points: int = 8
     model_selection: str = "final"  # or "best": the weights of the best validation Dice (the paper's)
+    # The training recipe: the paper's (Dice loss, lr x0.1 at `lr_drop_fraction`) unless a preset
+    # names another (mmlib.engine.losses.LOSSES, mmlib.engine.train.SCHEDULES).
+    loss: str = "dice"
+    lr_schedule: str = "step"
+    warmup_fraction: float = 0.0
 
     def with_(self, **changes) -> "Preset":
         """A copy with some fields changed (e.g. a papermill parameter overriding steps)."""
@@ -122,7 +134,13 @@ class Preset:
                 "batch_per_database", "min_batch", "rotate_p", "rotate_planes", "lesion_crop_p",
                 "dice_batch", "amp", "val_fraction", "val_min_cases", "val_max_cases", "val_points",
                 "model_selection")
-        return {k: getattr(self, k) for k in keep}
+        settings = {k: getattr(self, k) for k in keep}
+        # The recipe enters the identity only where it is not the paper's, so that models trained
+        # before these settings existed keep their identity.
+        for key, paper in _PAPER_RECIPE.items():
+            if getattr(self, key) != paper:
+                settings[key] = getattr(self, key)
+        return settings
 
     def validation_count(self, n_train: int) -> int:
         """How many of `n_train` training cases are held out for validation (0: too few to spare)."""
@@ -150,6 +168,12 @@ def load_preset(name: str) -> Preset:
         raise MMLibError(f"preset {name}: unknown setting(s) {', '.join(unknown)}", _PRESETS_FILE)
     if raw.get("model_selection", "final") not in ("final", "best"):
         raise MMLibError(f"preset {name}: model_selection must be 'final' or 'best'", _PRESETS_FILE)
+    if raw.get("loss", "dice") not in LOSSES:
+        raise MMLibError(f"preset {name}: loss must be one of {', '.join(LOSSES)}", _PRESETS_FILE)
+    if raw.get("lr_schedule", "step") not in SCHEDULES:
+        raise MMLibError(f"preset {name}: lr_schedule must be one of {', '.join(SCHEDULES)}", _PRESETS_FILE)
+    if not 0 <= float(raw.get("warmup_fraction", 0.0)) < 1:
+        raise MMLibError(f"preset {name}: warmup_fraction must be in [0, 1)", _PRESETS_FILE)
     if not 0 < float(raw["lr_drop_fraction"]) <= 1:
         raise MMLibError(f"preset {name}: lr_drop_fraction must be in (0, 1]", _PRESETS_FILE)
     return Preset(name=name, **raw)

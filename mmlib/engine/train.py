@@ -31,9 +31,10 @@ from mmlib.engine import distributed
 from mmlib.engine.checkpoint import CheckpointSchedule, load_checkpoint, load_weights, save_checkpoint
 from mmlib.engine.convergence import RULE, Validation, judge_learning
 from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
-from mmlib.engine.losses import dice_loss
+from mmlib.engine.losses import LOSSES, training_loss
 from mmlib.engine.precision import NonFiniteError, PrecisionCheck, checked_dtype, model_finite
 from mmlib.errors import MMLibError
+from mmlib.presets import SCHEDULES
 
 
 @dataclass
@@ -46,9 +47,45 @@ class TrainResult:
     record: dict = field(default_factory=dict)
 
 
+#: Where the cosine schedule ends, as a share of the base rate.
+COSINE_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """How the learning rate moves over `steps` steps. 'step' (the paper's): `lr`, x0.1 from
+    `drop_step` on (None/0: never). 'cosine': a linear warm-up over `warmup` steps, then a half
+    cosine from `lr` down to COSINE_FLOOR x `lr` at the last step."""
+
+    lr: float
+    steps: int
+    kind: str = "step"
+    drop_step: int | None = None
+    warmup: int = 0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise MMLibError(f"unknown learning-rate schedule {self.kind!r}; known: {', '.join(SCHEDULES)}")
+
+    def at(self, step: int) -> float:
+        """The learning rate of step `step` (0-based)."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.kind == "cosine":
+            t = min(1.0, (step - self.warmup) / max(1, self.steps - 1 - self.warmup))
+            return self.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
+        return self.lr * 0.1 if self.drop_step and step >= self.drop_step else self.lr
+
+    def describe(self) -> str:
+        if self.kind == "cosine":
+            return f"warm-up {self.warmup} steps, cosine decay to {COSINE_FLOOR:g} x lr"
+        return f"x0.1 from step {self.drop_step}" if self.drop_step else "constant"
+
+
 def lr_at(step: int, lr: float, lr_drop_step: int | None) -> float:
-    """Learning rate of step `step` (0-based): `lr`, x0.1 from `lr_drop_step` on (None/0: never)."""
-    return lr * 0.1 if lr_drop_step and step >= lr_drop_step else lr
+    """Learning rate of step `step` (0-based) under the paper's step drop: `lr`, x0.1 from
+    `lr_drop_step` on (None/0: never)."""
+    return LRSchedule(lr, step + 1, "step", lr_drop_step).at(step)
 
 
 #: Steps between loss read-backs by default (each one waits for the device).
@@ -89,9 +126,11 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, lr: float, device: str | torch.device = "auto", amp: bool = False,
                  channels_last: bool | None = None, compile: bool | str | dict = False, dice_batch: bool = True,
-                 data_parallel: bool = False):
+                 data_parallel: bool = False, loss: str = "dice"):
+        if loss not in LOSSES:
+            raise MMLibError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
         self.device = device = distributed.local_device(pick_device(device))
-        self.model, self.dice_batch = model, dice_batch
+        self.model, self.dice_batch, self.loss = model, dice_batch, loss
         self.world = distributed.world_size() if data_parallel else 1
         if self.world > 1 and dice_batch:
             raise MMLibError("a Dice over the whole batch (dice_batch: true) is not split across ranks; "
@@ -181,7 +220,7 @@ class TrainStep:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits = self.forward(x, present=present)
-        loss = dice_loss(logits, y, valid, batch=self.dice_batch)  # float32
+        loss = training_loss(self.loss, logits, y, valid, batch=self.dice_batch)  # float32
         if self.world > 1:
             # A per-sample Dice averages over this rank's n samples; DDP averages gradients over
             # the ranks. Weighting by n * world / global batch makes that average the gradient of
@@ -232,7 +271,8 @@ def train(
     `checkpoint_every` steps, at the end and on Ctrl-C, then losses.csv, training.json (precision,
     validation curve, whether it learnt) and final.pt. amp: bf16 autocast where it passes its
     self-check; compile: True, a mode or torch.compile kwargs; channels_last None: on CPU only.
-    `config` names 'arch', 'width'; 'dice_batch' and 'name' are read. validation: measured at its
+    `config` names 'arch', 'width'; 'dice_batch', 'name', 'loss' (LOSSES), 'lr_schedule' (SCHEDULES)
+    and 'warmup_steps' are read. validation: measured at its
     steps; select_best: final.pt holds the weights of the best validation Dice. Losses and weights
     are checked for NaN/inf where losses are read back: under autocast the run goes back to its
     last finite state in float32; in float32 it stops with NonFiniteError, writing no final.pt.
@@ -259,7 +299,8 @@ def train(
                              f"start at most {batches.global_batch} ranks for this model")
     distributed.on_main(out_dir.mkdir, parents=True, exist_ok=True)
     one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True),
-                         data_parallel=ddp)
+                         data_parallel=ddp, loss=config.get("loss", "dice"))
+    lr_plan = LRSchedule(lr, steps, config.get("lr_schedule", "step"), lr_drop_step, int(config.get("warmup_steps", 0)))
     optimizer = one_step.optimizer
     if data_on_device is None:
         data_on_device = device.type == "cuda"
@@ -353,7 +394,7 @@ def train(
                     else:
                         data_before = _iterator_state(batches)
                         batch = next(batch_iter)
-                    pending.append(one_step(batch, lr_at(step, lr, lr_drop_step)))
+                    pending.append(one_step(batch, lr_plan.at(step)))
                     done = step + 1
                     bar.update(1)
                     synced = len(pending) >= log_every or done in val_steps
@@ -424,7 +465,7 @@ def train(
         checkpoint(last, done, rng_state(), data)
         with atomic_path(out_dir / "losses.csv") as tmp:
             pd.DataFrame({"step": range(len(losses)), "loss": losses,
-                          "lr": [lr_at(s, lr, lr_drop_step) for s in range(len(losses))]}).to_csv(tmp, index=False)
+                          "lr": [lr_plan.at(s) for s in range(len(losses))]}).to_csv(tmp, index=False)
         atomic_write_json(out_dir / "training.json", record)
         checkpoint(final, done, rng_state(), data)
 

@@ -41,7 +41,7 @@ TEXTURE: dict[str, float] = {"T1": 0.65, "T1c": 0.65, "T2": -0.45, "FLAIR": -0.3
 LESION: dict[str, dict[str, float]] = {
     "oedema":      dict(T1=0.70, T1c=0.70, T2=2.00, FLAIR=1.70, PD=1.35, DWI=1.15, SWI=0.95),
     "gliosis":     dict(T1=0.65, T1c=0.65, T2=1.75, FLAIR=1.70, PD=1.30, DWI=0.90, SWI=0.97),
-    "infarct":     dict(T1=0.62, T1c=0.64, T2=1.85, FLAIR=1.70, PD=1.30, DWI=2.40, SWI=0.95),
+    "infarct":     dict(T1=0.50, T1c=0.52, T2=1.85, FLAIR=1.70, PD=1.30, DWI=2.40, SWI=0.95),
     "ms":          dict(T1=0.85, T1c=0.85, T2=1.90, FLAIR=1.75, PD=1.35, DWI=1.10, SWI=0.97),
     "blackhole":   dict(T1=0.45, T1c=0.45, T2=2.20, FLAIR=1.55, PD=1.40, DWI=0.90, SWI=0.97),
     "active":      dict(T1=0.80, T1c=1.35, T2=2.00, FLAIR=1.80, PD=1.40, DWI=1.40, SWI=0.97),

@@ -264,7 +264,7 @@ MARKER = ".mmlib_synth.json"
 #: Hidden file in a folder of twins made by `ensure_twins`: the settings they were made with.
 TWINS_MARKER = ".mmlib-twins.json"
 #: Bump when the generator's output changes: twins of another version are made again.
-SYNTH_VERSION = 2   # 2: lesions relative to the tissue they replace
+SYNTH_VERSION = 3   # 2: lesions relative to the tissue they replace; 3: stroke T1-dark against brain
 
 
 def _plain(obj):

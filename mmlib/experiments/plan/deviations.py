@@ -47,7 +47,7 @@ def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
         crops = (f"joint {joint.crops_per_database:,}; single-database {sd_steps * sd_batch:,}; "
                  f"fine-tuning {ft_steps * sd_batch:,}")
         steps = (f"{preset.steps:,} steps (single-database x{_fraction(plan.sd_fraction)}, fine-tuning "
-                 f"x{_fraction(plan.finetune_fraction)}); lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them")
+                 f"x{_fraction(plan.finetune_fraction)}); {_lr_words(preset)}")
     else:  # by epochs: on the real databases, the paper's schedule
         crops = (f"{PAPER_CROPS_PER_DATABASE:,} (2 per step)" if (preset.epochs, preset.batch_per_database) == (600, 2)
                  else f"{preset.epochs} epochs x {preset.batch_per_database} per step")
@@ -84,9 +84,18 @@ def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
          "the final weights (nothing is chosen on test cases)" if preset.model_selection == "final" else
          "the weights with the best validation Dice (held-out training cases, never test cases)"),
         ("Dice loss", "per sample (MONAI default)", "per batch" if preset.dice_batch else "per sample (MONAI default)"),
+        ("loss", "Dice", "Dice" if preset.loss == "dice" else "Dice + binary cross-entropy (equal weights)"),
         ("models trained", "all of the paper's", "; ".join(skipped) if skipped else "all of the paper's"),
     ]
     return [Deviation(a, p, o, differs=p != o) for a, p, o in rows]
+
+
+def _lr_words(preset: Preset) -> str:
+    """The learning-rate schedule of a preset counted in steps, in words."""
+    warm = f"linear warm-up over {_fraction(preset.warmup_fraction)} of them, then " if preset.warmup_fraction else ""
+    if preset.lr_schedule == "cosine":
+        return f"{warm}cosine decay of the lr to 0.01 x"
+    return f"{warm}lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them"
 
 
 def _skipped_models(preset: Preset) -> list[str]:

@@ -21,6 +21,7 @@ class Schedule:
     steps: int
     lr_drop_step: int
     batch_per_database: int
+    warmup_steps: int = 0
 
     @property
     def crops_per_database(self) -> int:
@@ -38,7 +39,7 @@ def schedule(spec: ModelSpec, preset: Preset, epoch_length: int | None = None) -
         raise ValueError(f"preset {preset.name} counts epochs: the epoch length of the training sets is needed")
     steps = max(1, round(base * spec.step_fraction))
     return Schedule(steps, max(1, round(steps * preset.lr_drop_fraction)),
-                    batch_per_database(preset, len(spec.databases)))
+                    batch_per_database(preset, len(spec.databases)), round(steps * preset.warmup_fraction))
 
 
 

@@ -238,6 +238,7 @@ class Study:
         plan = schedule(spec, self.preset, batches.epoch_length())
         distributed.on_main(atomic_write_json, run_dir / "spec.json", asdict(spec))
         config = {"arch": spec.net, "width": self.preset.width, "dice_batch": self.preset.dice_batch,
+                  "loss": self.preset.loss, "lr_schedule": self.preset.lr_schedule, "warmup_steps": plan.warmup_steps,
                   "name": spec.trained.name, "identity": run_dir.name,
                   "preprocessing": study_preprocessing(self.preset)}  # so `mmlib predict` needs no study
         train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,

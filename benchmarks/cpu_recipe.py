@@ -1,0 +1,113 @@
+"""Which training recipe lets the CPU presets' models converge, and at what cost? Trains models of
+the quick study on the quick twins under named recipes (overrides of the `quick` preset), each
+in one CPU thread as the quick study does, and records per run the wall time, the validation
+Dice curve (held-out training cases, mmlib.engine.convergence) and whether the model learnt and
+converged by the rule stated there.
+
+    python benchmarks/cpu_recipe.py --out /tmp/recipes --recipe cosine-bce --model SD-BRATS
+    python benchmarks/cpu_recipe.py --table        # the runs recorded so far, as a markdown table
+
+Two runs may share --out (the twins are made once); run two side by side to load the two cores
+as the quick study does. Each run appends one line to benchmarks/results/cpu_recipes.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("results") / "cpu_recipes.jsonl"
+
+#: Recipes tried: overrides of the quick preset. 'sd_steps' sets the single-database models'
+#: steps (quick's steps x its sd_fraction), 'joint_steps' the joint models'.
+RECIPES: dict[str, dict] = {
+    # quick as shipped before: the paper's Dice loss and step drop (x0.1 at 0.75), lr 1e-3.
+    "step-dice": dict(),
+    # Dice + BCE, 5% linear warm-up, cosine decay, twice the base rate.
+    "cosine-bce": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3),
+    # The same at half the width (a quarter of the channels' compute) and twice the steps.
+    "cosine-bce-w025-x2": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3,
+                               width=0.25, sd_steps=1200, joint_steps=3200),
+    # The same at the quick width and twice the steps.
+    "cosine-bce-x2": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3,
+                          sd_steps=1200, joint_steps=3200),
+    # Dice alone under the cosine schedule (what the loss adds, on its own).
+    "cosine-dice": dict(lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3),
+}
+
+
+def _preset(recipe: str):
+    from mmlib.presets import load_preset
+
+    quick = load_preset("quick")
+    over = dict(RECIPES[recipe])
+    sd_steps = over.pop("sd_steps", round(quick.steps * quick.study.sd_fraction))
+    joint_steps = over.pop("joint_steps", quick.steps)
+    return quick.with_(steps=joint_steps, **over), sd_steps / joint_steps
+
+
+def _spec(model: str, preset, sd_fraction: float):
+    from mmlib.data.manifest import load_manifest
+    from mmlib.experiments.plan.specs import joint_spec, sd_spec
+
+    if model == "MD":
+        return joint_spec("multiunet", True, 0)
+    kind, db = model.split("-")
+    assert kind == "SD", model
+    return sd_spec(db, "multiunet", False, 0, len(load_manifest(db).modalities), sd_fraction)
+
+
+def run(out: Path, recipe: str, model: str) -> dict:
+    from mmlib.engine.precision import machine_name
+    from mmlib.experiments.run.study import Study
+
+    torch.set_num_threads(1)
+    preset, sd_fraction = _preset(recipe)
+    study = Study(out, preset, device="cpu", progress=False, processes=1)
+    spec = _spec(model, preset, sd_fraction)
+    study.databases(spec.databases)  # twins made and prepared before the clock starts
+    start = time.perf_counter()
+    study.train(spec)
+    wall = time.perf_counter() - start
+    record = json.loads((study.model_dir(spec) / "training.json").read_text())
+    learning = record["learning"]
+    curve = [round(sum(p["dice"].values()) / len(p["dice"]), 3) for p in record["validation"]]
+    row = {"recipe": recipe, "model": model, "steps": record["steps"], "wall_s": round(wall, 1),
+           "precision": record["precision"], "machine": machine_name(torch.device("cpu")),
+           "final_dice": round(learning["final_dice"], 3), "gain_last_quarter": round(learning["gain_last_quarter"], 3),
+           "learnt": learning["learnt"], "converged": learning["converged"], "curve": curve,
+           "settings": RECIPES[recipe]}
+    RESULTS.parent.mkdir(exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def table() -> str:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    head = "| recipe | model | steps | wall (min) | val Dice | gain, last quarter | converged | curve |\n|---|---|---|---|---|---|---|---|"
+    lines = [f"| {r['recipe']} | {r['model']} | {r['steps']} | {r['wall_s'] / 60:.1f} | {r['final_dice']:.3f} | "
+             f"{r['gain_last_quarter']:+.3f} | {'yes' if r['converged'] else 'no'} | {' '.join(map(str, r['curve']))} |"
+             for r in rows]
+    return "\n".join([head, *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--recipe", choices=sorted(RECIPES))
+    parser.add_argument("--model", help="SD-<DATABASE> (Multi-Unet, no drop) or MD (joint, drop)")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        return
+    print(json.dumps(run(args.out, args.recipe, args.model)))
+
+
+if __name__ == "__main__":
+    main()
