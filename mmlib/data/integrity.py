@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from mmlib.data.cases import CaseFiles
 from mmlib.data.manifest import DatabaseManifest
 from mmlib.data.nifti import load_channels, load_label, load_volume
@@ -112,7 +114,6 @@ def check_database(manifest: DatabaseManifest, root: str | Path, progress: bool 
         report.add(root, f"no cases found (looked for {where})")
         return report
     if progress:
-        from tqdm.auto import tqdm
         cases = tqdm(cases, desc=f"checking {manifest.name}", unit="case")
     for case in cases:
         _check_case(manifest, case, report)

@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from mmlib.atomic_files import atomic_open, clean_stale_temps
 from mmlib.data.cases import IGNORE, PreparedCase, RawCase
@@ -382,6 +383,7 @@ def load_cached_case(path: str | Path) -> PreparedCase:
 
 
 def _readers():
+    """The layout readers prepare_database uses (a seam the tests replace)."""
     return find_cases, read_case
 
 
@@ -393,8 +395,6 @@ def prepare_database(manifest, root, spacing_mm: float, cache_dir, progress: boo
     them), a corrupt one too. Every case is validated as `mmlib check` would (bad label values
     refused). `root` None resolves through the manifest; `cache_dir` None disables caching.
     """
-    from tqdm.auto import tqdm
-
     find_cases, read_case = _readers()
     # Absolute, so that the files' recorded names and stats do not depend on the working directory.
     root = Path(os.path.normpath(Path(manifest.resolve_root(root)).absolute()))

@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 
 import ipywidgets as W
 import numpy as np
+from IPython.display import Image
 from matplotlib.figure import Figure
 
 from mmlib.data.cases import PreparedCase
@@ -165,8 +166,6 @@ class CaseViewer:
 
     def snapshot(self):
         """The current figure as an IPython Image (a static picture for stored notebook outputs)."""
-        from IPython.display import Image
-
         return Image(data=figure_png(self.figure, self.dpi))
 
     def _repr_mimebundle_(self, **kwargs):

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import ipywidgets as W
 import numpy as np
 import pandas as pd
+from IPython.display import Image
 from matplotlib.figure import Figure
 
 from mmlib.data.cases import IGNORE, PreparedCase
@@ -229,8 +230,6 @@ class ModalityExplorer:
 
     def snapshot(self):
         """The current figure as an IPython Image (a static picture for stored notebook outputs)."""
-        from IPython.display import Image
-
         return Image(data=figure_png(self.figure, self.dpi))
 
     def _repr_mimebundle_(self, **kwargs):

@@ -11,6 +11,7 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import Image
 from matplotlib.figure import Figure
 
 from mmlib.data.manifest import ALL_DATABASES
@@ -324,8 +325,6 @@ class ResultsExplorer:
 
     def snapshot(self):
         """Heatmap and bars as IPython Images (static pictures for stored notebook outputs)."""
-        from IPython.display import Image
-
         return [Image(data=figure_png(f, self.dpi)) for f in (self.heatmap_figure, self.bars_figure)]
 
     def _repr_mimebundle_(self, **kwargs):
