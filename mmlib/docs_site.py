@@ -34,8 +34,9 @@ RUN_SECTIONS = ("Set up and run", "Commands", "Scaling out", "Using the real dat
 PAGE_OF_PATH = {"docs/ARCHITECTURE.md": "architecture.md", "docs/RESULTS_SCHEMA.md": "results-schema.md"}
 #: The API pages: title -> the package whose modules it documents (without its subpackages).
 API_PACKAGES = {"data": "mmlib.data", "synthetic twins": "mmlib.data.synth", "models": "mmlib.models",
-                "engine": "mmlib.engine", "experiments": "mmlib.experiments", "widgets": "mmlib.widgets",
-                "top level": "mmlib"}
+                "engine": "mmlib.engine", "experiments": "mmlib.experiments",
+                "experiments: plan": "mmlib.experiments.plan", "experiments: results": "mmlib.experiments.results",
+                "experiments: run": "mmlib.experiments.run", "widgets": "mmlib.widgets", "top level": "mmlib"}
 #: A file in the site's folder saying a build may replace the folder.
 SITE_MARK = ".mmlib-site"
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -202,7 +203,7 @@ def api_pages(folder: Path) -> list:
         path = REPO.joinpath(*package.split("."))
         modules = [f"{package}.{p.stem}" for p in sorted(path.glob("*.py"))
                    if not p.stem.startswith("_") and not (p.stem == "cli" and package == "mmlib")]
-        slug = title.replace(" ", "-")
+        slug = re.sub(r"[^a-z0-9]+", "-", title).strip("-")
         body = [f"# API: {title} (`{package}`)", ""]
         if package != "mmlib":  # the package's docstring only: what it re-exports is shown in its module
             body.append(f"::: {package}\n    options:\n      members: false")

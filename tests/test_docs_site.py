@@ -166,7 +166,8 @@ def test_the_site_has_every_page_and_notebook_pages_show_their_figures(site):
     expected = ["index", "run-it-yourself", "architecture", "results-schema", "reference/bare/report",
                 "reference/bare/notebooks", "reference/smoke-test/report",
                 *(f"reference/smoke-test/{name}" for name in KEPT),
-                *(f"api/{p}" for p in ("data", "synthetic-twins", "models", "engine", "experiments", "widgets",
+                *(f"api/{p}" for p in ("data", "synthetic-twins", "models", "engine", "experiments",
+                                       "experiments-plan", "experiments-results", "experiments-run", "widgets",
                                        "top-level"))]
     assert [p for p in expected if not (out / f"{p}.html").is_file()] == []
     assert "kept no executed notebooks" in (out / "reference" / "bare" / "notebooks.html").read_text()

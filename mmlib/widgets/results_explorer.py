@@ -11,6 +11,7 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from IPython.display import Image
 from matplotlib.figure import Figure
 
@@ -262,8 +263,6 @@ class ResultsExplorer:
         """Redraw the heatmap and the bars for the current choices."""
         if self._hold:
             return
-        import seaborn as sns
-
         metric, db, sel = self.metric.value, self.database.value, self._selection()
         self.grid = metric_grid(self.results, metric, **sel)
         self.spread = seed_spread(self.results, db, metric, **sel)
