@@ -118,3 +118,8 @@ def test_the_experiments_rooms_import_one_way():
             assert not [t for t in targets if t.startswith(("mmlib.experiments.run", "mmlib.experiments.results"))], name
         if name.startswith("mmlib.experiments.results"):
             assert not [t for t in targets if t.startswith("mmlib.experiments.run")], name
+
+
+def test_every_folder_of_mmlib_is_a_package_with_its_own_docstring():
+    folders = {p.parent for p in PACKAGE.rglob("*.py") if "reference" not in p.relative_to(PACKAGE).parts}
+    assert sorted(str(f.relative_to(PACKAGE.parent)) for f in folders if not (f / "__init__.py").is_file()) == []

@@ -67,7 +67,7 @@ def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: i
     spec = table_by_name(name)
     both = spec.side_by_side(results, reference_results() if references else None)
     _display(_markdown(f"**{spec.name}.** {spec.caption}"), both.round(decimals),
-             _markdown(f"*{deviation_note(study.preset)}*"))
+             _markdown(f"*{deviation_note(study.preset, spec.number)}*"))
     return both
 
 

@@ -1,6 +1,7 @@
 """How the study's protocol departs from the paper's, aspect by aspect, at a preset: one table
 (`deviations_frame`), shown once at the top of a notebook and of report.md; each result table
-under it carries a one-line note naming the aspects that differ (`deviation_note`)."""
+under it carries one line (`deviation_note`): how many aspects of the protocol differ (they bear
+on every table) and which of the paper's models for that table the preset leaves out."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
                  if (preset.epochs, preset.lr_drop_fraction) == (600, 0.25) else
                  f"{preset.epochs} epochs of the largest database; lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them")
     planes = ", ".join(f"({a}, {b})" for a, b in preset.rotate_planes)
-    skipped = _skipped_models(preset)
+    skipped = [text for text, _ in skipped_models(preset)]
     rows = [
         ("voxel spacing", "1 mm", f"{preset.spacing_mm:g} mm"),
         ("training crop and sliding window", "128³", f"{preset.crop}³"),
@@ -98,24 +99,27 @@ def _lr_words(preset: Preset) -> str:
     return f"{warm}lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them"
 
 
-def _skipped_models(preset: Preset) -> list[str]:
-    """What the preset's study plan leaves out of the paper's grid of models."""
+def skipped_models(preset: Preset) -> list[tuple[str, tuple[int, ...] | None]]:
+    """What the preset's study plan leaves out of the paper's grid of models, each with the numbers
+    of the tables whose rows it empties or changes (None: every table)."""
     plan, full = preset.study, type(preset.study)()
     out = []
     for arch in full.fusion_archs:
         dbs = plan.fusion_databases if arch in plan.fusion_archs else ()
         if set(dbs) != set(full.fusion_databases):
             name = ARCHITECTURES[arch].paper_name
-            out.append(f"single-database {name} on {', '.join(dbs)} only" if dbs else f"no single-database {name}")
-    missing = [str(v) for v in full.joint_variants if v not in plan.joint_variants]
+            out.append((f"single-database {name} on {', '.join(dbs)} only" if dbs else f"no single-database {name}",
+                        (2,)))
+    missing = [v for v in full.joint_variants if v not in plan.joint_variants]
     if missing:
-        out.append(f"no joint {', '.join(missing)}")
+        tables = (3, 7) + ((4, 9) if any(v.arch == "multiunet" for v in missing) else ())
+        out.append((f"no joint {', '.join(str(v) for v in missing)}", tables))
     if not plan.joint_all_combinations:
-        out.append("joint models evaluated with all modalities only")
+        out.append(("joint models evaluated with all modalities only", (3, 7)))
     if set(plan.loo_targets) != set(full.loo_targets):
-        out.append(f"leave-one-out on {', '.join(plan.loo_targets) or 'none'} only")
+        out.append((f"leave-one-out on {', '.join(plan.loo_targets) or 'none'} only", (5, 6)))
     if plan.sd_fraction < 1 or plan.finetune_fraction < 1:
-        out.append("shorter single-database and fine-tuning schedules (see schedule)")
+        out.append(("shorter single-database and fine-tuning schedules (see schedule)", None))
     return out
 
 
@@ -127,16 +131,17 @@ def deviations_frame(preset: Preset, precision: str | None = None) -> pd.DataFra
                         ).set_index("aspect")
 
 
-def deviation_note(preset: Preset) -> str:
-    """One line under a table: the aspects in which the preset's protocol differs from the paper's,
-    by name only (every one bears on every table of trained models); the deviations table, shown
-    once above, states each in full."""
-    differ = [d.aspect for d in deviations(preset) if d.differs]
-    if not differ:
-        return f"Protocol at preset {preset.name}: the paper's."
-    return (f"Protocol at preset {preset.name}: differs from the paper's in {', '.join(differ)} "
-            f"(see the deviations table above).")
+def deviation_note(preset: Preset, table: int) -> str:
+    """One line under Table `table`: how many aspects of the protocol differ from the paper's (the
+    deviations table, shown once above, states them; each bears on every table) and which of this
+    table's models the preset leaves out or changes."""
+    differ = [d for d in deviations(preset) if d.differs and d.aspect != "models trained"]
+    left_out = [text for text, tables in skipped_models(preset) if tables is None or table in tables]
+    return (f"Protocol at preset {preset.name}: {len(differ) or 'no'} aspect{'s' * (len(differ) != 1)} of "
+            f"training and evaluation differ from the paper's (deviations table above); "
+            + (f"this table's models left out or changed: {'; '.join(left_out)}." if left_out
+               else "every model of this table is trained as in the paper's grid."))
 
 
-__all__ = ["PAPER_STEPS", "PAPER_CROPS_PER_DATABASE", "Deviation", "deviations", "deviations_frame",
-           "deviation_note"]
+__all__ = ["PAPER_STEPS", "PAPER_CROPS_PER_DATABASE", "Deviation", "deviations", "skipped_models",
+           "deviations_frame", "deviation_note"]

@@ -89,7 +89,7 @@ def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, 
         below = "".join(f", then reference run `{n}`" for n in references or {})
         lines += [f"Our row first{below}, the paper's last (`paper`).", "",
                   markdown_table(spec.side_by_side(results, references)), "",
-                  f"*{deviation_note(preset)}*", ""]
+                  f"*{deviation_note(preset, spec.number)}*", ""]
     return lines
 
 
