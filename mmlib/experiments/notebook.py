@@ -62,8 +62,8 @@ def figure_path(study: Study, name: str) -> Path:
 def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: int = 3,
                references: bool = True) -> pd.DataFrame:
     """Show Table `name` ('Table 3') built from `results`, each of our rows above the same row of
-    the shipped reference runs (labelled) and the paper's, with a line naming the aspects in which
-    this preset's protocol differs (the table open_study showed); return the side-by-side frame."""
+    the shipped reference runs (labelled) and the paper's, with a line that refers to the deviations
+    table open_study showed and names the table's models the preset leaves out; return the frame."""
     spec = table_by_name(name)
     both = spec.side_by_side(results, reference_results() if references else None)
     _display(_markdown(f"**{spec.name}.** {spec.caption}"), both.round(decimals),

@@ -1,6 +1,6 @@
 """One Markdown report of a study run, built from its saved results: how it departs from the
 paper's protocol (once, at the top), how long each notebook took, every table beside the paper's
-(a one-line note under each names the aspects that differ), and every clause of F1-F6 with
+(one line under each refers to them and names the table's models the preset leaves out), and every clause of F1-F6 with
 its effect, 95% interval and verdict."""
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def agreement_section(results: pd.DataFrame, references: dict | None) -> list[st
 
 def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, pd.DataFrame] | None = None
                    ) -> list[str]:
-    """Each registered table beside the reference runs' and the paper's, with a one-line note under it
-    naming the aspects in which the protocol differs (the deviations table at the top states them)."""
+    """Each registered table beside the reference runs' and the paper's, with one line under it that
+    refers to the deviations table at the top and names the table's models the preset leaves out."""
     lines = []
     for spec in TABLES.values():
         lines += [f"## {spec.name}: {spec.caption}", ""]
@@ -117,7 +117,7 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
     if provenance:
         lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items() if not isinstance(v, dict)), ""]
     lines += ["## Protocol: ours beside the paper's", "",
-              "How this run departs from the paper's protocol, stated once: each table below names the aspects only.",
+              "How this run departs from the paper's protocol, stated once; one line under each table below refers to it.",
               "", deviations_table(preset, run_precision(records)), ""]
     lines += learning_section(records, curves_figure)
     same = {n: r for n, r in (references or {}).items() if r.provenance.get("preset") == preset.name}
