@@ -19,7 +19,7 @@ import torch
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine.evaluate import EvalSettings, evaluate_cases
-from mmlib.engine.train import train
+from mmlib.engine.train import TrainSettings, train
 from mmlib.experiments.common import batch_per_database, load_databases
 from mmlib.models import build_model
 from mmlib.presets import load_preset
@@ -36,8 +36,8 @@ def run(dbs, cmap, preset, seed: int, amp: bool, steps: int, lr_drop: int, devic
                            batch_per_database=batch_per_database(preset, len(dbs)), drop=True,
                            rotate_p=preset.rotate_p, lesion_crop_p=preset.lesion_crop_p, seed=seed)
     t0 = time.perf_counter()
-    train(model, batches, steps, preset.lr, lr_drop, out, {"arch": "multiunet", "width": preset.width,
-          "dice_batch": preset.dice_batch}, cmap, device=device, amp=amp, progress=False, seed=seed)
+    train(model, batches, TrainSettings(steps, preset.lr, lr_drop, device=device, amp=amp, progress=False, seed=seed),
+          out, {"arch": "multiunet", "width": preset.width, "dice_batch": preset.dice_batch}, cmap)
     sec = (time.perf_counter() - t0) / steps
     rows = evaluate_cases(model, [c for d in dbs.values() for c in d.test], cmap,
                           EvalSettings(preset.crop, preset.sw_overlap, device, amp=False, progress=False))

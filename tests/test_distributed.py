@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.engine import distributed
 from mmlib.engine.checkpoint import load_checkpoint
 from mmlib.engine.evaluate import EvalSettings, evaluate_all_combinations
-from mmlib.engine.train import train
+from mmlib.engine.train import TrainSettings, train
 from mmlib.errors import MMLibError
 from mmlib.models import MAFUNet, MultiUNet
 
@@ -66,11 +67,19 @@ def _model(arch: str = "multiunet") -> torch.nn.Module:
     return model
 
 
+def settings_and_rest(steps: int, kw: dict) -> tuple[TrainSettings, dict]:
+    """train()'s settings from keyword arguments, and the arguments that are not settings."""
+    names = {f.name for f in fields(TrainSettings)}
+    return (TrainSettings(steps, **{k: v for k, v in kw.items() if k in names}),
+            {k: v for k, v in kw.items() if k not in names})
+
+
 def _train(out, steps, arch="multiunet", **kw):
-    kw = {"lr": 1e-3, "lr_drop_step": 4, "device": "cpu", "progress": False, "seed": 7, "log_every": 2,
-          "config": {"arch": arch, "width": 0.25, "dice_batch": False}, **kw}
+    settings, rest = settings_and_rest(steps, {"lr": 1e-3, "lr_drop_step": 4, "device": "cpu", "progress": False,
+                                               "seed": 7, "log_every": 2, **kw})
     model = _model(arch)
-    result = train(model, kw.pop("batches", None) or _batches(), steps, out_dir=out, channel_map=CMAP, **kw)
+    result = train(model, rest.pop("batches", None) or _batches(), settings, out,
+                   rest.pop("config", {"arch": arch, "width": 0.25, "dice_batch": False}), CMAP, **rest)
     return model, result
 
 

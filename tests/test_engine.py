@@ -3,7 +3,7 @@ and the threshold baseline. Tiny stand-in networks and 16^3 volumes keep it fast
 
 import importlib
 import importlib.util
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from mmlib.engine.baselines import threshold_baseline
 from mmlib.engine.device import cpu_bf16_native
 from mmlib.engine.evaluate import (EvalSettings, SlidingWindow, evaluate_all_combinations, evaluate_cases, predict_case,
                                    predict_subsets)
-from mmlib.engine.train import train
+from mmlib.engine.train import TrainSettings, train
 from mmlib.errors import CheckpointError
 
 CMAP = ChannelMap(("FLAIR", "T1", "T2"))
@@ -83,10 +83,18 @@ def tiny_net(seed: int = 0) -> TinyNet:
     return TinyNet()
 
 
+def settings_and_rest(steps: int, kw: dict) -> tuple[TrainSettings, dict]:
+    """train()'s settings from keyword arguments, and the arguments that are not settings."""
+    names = {f.name for f in fields(TrainSettings)}
+    return (TrainSettings(steps, **{k: v for k, v in kw.items() if k in names}),
+            {k: v for k, v in kw.items() if k not in names})
+
+
 def run(out_dir, steps, model=None, batches=None, **kw):
-    kw = {"lr": 1e-2, "lr_drop_step": 0, "device": "cpu", "progress": False, **kw}
-    return train(model or tiny_net(), batches or ToyBatches(), steps, out_dir=out_dir,
-                 config=CONFIG, channel_map=CMAP, **kw)
+    settings, rest = settings_and_rest(steps, {"lr": 1e-2, "lr_drop_step": 0, "device": "cpu", "progress": False,
+                                               **kw})
+    return train(model or tiny_net(), batches or ToyBatches(), settings, out_dir, rest.pop("config", CONFIG), CMAP,
+                 **rest)
 
 
 def toy_case(case_id: str, seed: int, modalities=("FLAIR", "T1"), shape=(16, 16, 16)) -> PreparedCase:
@@ -568,8 +576,8 @@ def test_real_multiunet_trains_saves_reloads_and_predicts(tmp_path):
                            rotate_p=0.1, lesion_crop_p=0.5, seed=0)
     torch.manual_seed(0)
     model = build_model("multiunet", 2, 0.25)
-    result = train(model, batches, 2, 1e-3, 1, tmp_path, {"arch": "multiunet", "width": 0.25}, cmap,
-                   device="cpu", progress=False)
+    result = train(model, batches, TrainSettings(2, 1e-3, 1, device="cpu", progress=False), tmp_path,
+                   {"arch": "multiunet", "width": 0.25}, cmap)
     reloaded, cmap_dict, config = load_model(result.path, "cpu")
     assert cmap_dict == cmap.to_dict() and config["arch"] == "multiunet"
     rows = evaluate_cases(reloaded, cases[:1], cmap, EvalSettings(32, 0.0, "cpu", progress=False))

@@ -22,27 +22,29 @@ from mmlib.errors import CheckpointError
 from mmlib.experiments.results.findings import CLAUSES, evaluate_findings, judge
 from mmlib.experiments.results.reference import agreement
 from mmlib.models import build_model
-from test_engine import CMAP, CONFIG, ToyBatches, tiny_net
+from test_engine import CMAP, CONFIG, ToyBatches, settings_and_rest, tiny_net
 
 train_module = importlib.import_module("mmlib.engine.train")
 
 
 def nan_loss_from(monkeypatch, step: int):
     """Make the training loss NaN from the `step`-th call on (1-based), as a diverging run's."""
-    real, calls = train_module.dice_loss, [0]
+    real, calls = train_module.training_loss, [0]
 
     def loss(*args, **kwargs):
         calls[0] += 1
         value = real(*args, **kwargs)
         return value * float("nan") if calls[0] >= step else value
 
-    monkeypatch.setattr(train_module, "dice_loss", loss)
+    monkeypatch.setattr(train_module, "training_loss", loss)
     return calls
 
 
 def run(out_dir, steps, **kw):
-    kw = {"lr": 1e-2, "lr_drop_step": 0, "device": "cpu", "progress": False, "log_every": 2, "config": CONFIG, **kw}
-    return train(kw.pop("model", None) or tiny_net(), ToyBatches(), steps, out_dir=out_dir, channel_map=CMAP, **kw)
+    settings, rest = settings_and_rest(steps, {"lr": 1e-2, "lr_drop_step": 0, "device": "cpu", "progress": False,
+                                               "log_every": 2, "config": CONFIG, **kw})
+    return train(rest.pop("model", None) or tiny_net(), ToyBatches(), settings, out_dir, rest.pop("config"), CMAP,
+                 **rest)
 
 
 # -- a non-finite value never becomes a result ------------------------------------------------------------
@@ -65,14 +67,14 @@ def test_a_nan_under_autocast_goes_back_to_the_last_finite_state_and_trains_in_f
     monkeypatch.setattr(train_module, "amp_dtype", lambda device=None: torch.bfloat16)
     passed = precision.PrecisionCheck(True, "passed", "test CPU")
     monkeypatch.setattr(train_module, "checked_dtype", lambda model, dtype, device, crop: (dtype, passed))
-    real, calls = train_module.dice_loss, [0]
+    real, calls = train_module.training_loss, [0]
 
-    def nan_only_in_bf16(logits, *args, **kwargs):  # from the 3rd step on in bf16; the float32 rerun is finite
+    def nan_only_in_bf16(name, logits, *args, **kwargs):  # from the 3rd step on in bf16; the float32 rerun is finite
         calls[0] += 1
-        value = real(logits, *args, **kwargs)
+        value = real(name, logits, *args, **kwargs)
         return value * float("nan") if logits.dtype == torch.bfloat16 and calls[0] >= 3 else value
 
-    monkeypatch.setattr(train_module, "dice_loss", nan_only_in_bf16)
+    monkeypatch.setattr(train_module, "training_loss", nan_only_in_bf16)
     with pytest.warns(UserWarning, match="non-finite loss under bf16 autocast by step 3.*float32"):
         result = run(tmp_path, 6, amp=True)
     record = json.loads((tmp_path / "training.json").read_text())
@@ -86,14 +88,14 @@ def test_a_nan_under_autocast_after_a_checkpoint_goes_back_to_that_checkpoint(tm
     monkeypatch.setattr(train_module, "amp_dtype", lambda device=None: torch.bfloat16)
     passed = precision.PrecisionCheck(True, "passed", "test CPU")
     monkeypatch.setattr(train_module, "checked_dtype", lambda model, dtype, device, crop: (dtype, passed))
-    real, calls = train_module.dice_loss, [0]
+    real, calls = train_module.training_loss, [0]
 
-    def nan_in_bf16_from_step_5(logits, *args, **kwargs):
+    def nan_in_bf16_from_step_5(name, logits, *args, **kwargs):
         calls[0] += 1
-        value = real(logits, *args, **kwargs)
+        value = real(name, logits, *args, **kwargs)
         return value * float("nan") if logits.dtype == torch.bfloat16 and calls[0] >= 5 else value
 
-    monkeypatch.setattr(train_module, "dice_loss", nan_in_bf16_from_step_5)
+    monkeypatch.setattr(train_module, "training_loss", nan_in_bf16_from_step_5)
     with pytest.warns(UserWarning, match="going back to step 4"):
         result = run(tmp_path, 8, amp=True, checkpoint_every=4)
     record = json.loads((tmp_path / "training.json").read_text())

@@ -79,10 +79,11 @@ def test_train_follows_the_recipe_in_its_config(tmp_path):
     import pandas as pd
 
     from tests.test_engine import CMAP, CONFIG, ToyBatches, tiny_net
-    from mmlib.engine.train import train
+    from mmlib.engine.train import TrainSettings, train
 
     config = {**CONFIG, "loss": "dice_bce", "lr_schedule": "cosine", "warmup_steps": 3}
-    train(tiny_net(), ToyBatches(), 30, 1e-2, None, tmp_path, config, CMAP, device="cpu", progress=False)
+    train(tiny_net(), ToyBatches(), TrainSettings(30, 1e-2, None, device="cpu", progress=False), tmp_path, config,
+          CMAP)
     log = pd.read_csv(tmp_path / "losses.csv")
     plan = LRSchedule(1e-2, 30, "cosine", None, 3)
     assert log["lr"].tolist() == pytest.approx([plan.at(s) for s in range(30)])

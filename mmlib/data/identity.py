@@ -87,4 +87,5 @@ def cases_identity(cases, root: str | Path | None = None) -> str:
     return short_hash([where, sorted([c.database, c.case_id, c.sources] for c in cases)], 16)
 
 
-__all__ = ["short_hash", "file_stat", "case_sources", "changed_files", "manifest_content", "data_identity", "cases_identity"]
+__all__ = ["short_hash", "file_stat", "case_sources", "changed_files", "manifest_content", "data_identity",
+           "cases_identity"]

@@ -241,42 +241,46 @@ class _NonFinite(Exception):
         super().__init__(f"non-finite {what} by step {step}")
 
 
-def train(
-    model: nn.Module,
-    batches: Iterable[dict],
-    steps: int,
-    lr: float,
-    lr_drop_step: int | None,
-    out_dir: str | Path,
-    config: dict,
-    channel_map: ChannelMap | dict,
-    device: str | torch.device = "auto",
-    amp: bool = False,
-    checkpoint_every: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    seed: int = 0,
-    *,
-    checkpoint_seconds: float | None = None,
-    log_every: int = LOG_EVERY,
-    channels_last: bool | None = None,
-    compile: bool | str | dict = False,
-    data_on_device: bool | None = None,
-    validation: Validation | None = None,
-    select_best: bool = False,
-) -> TrainResult:
-    """Train `model` (built and seeded by the caller) for `steps` steps on `batches`: a JointBatches
-    (drawn by step) or any iterable of dicts x, y, valid, present. Writes out_dir/last.pt every
-    `checkpoint_seconds` (None: $MMLIB_CHECKPOINT_SECONDS or CheckpointSchedule's default) or every
-    `checkpoint_every` steps, at the end and on Ctrl-C, then losses.csv, training.json (precision,
-    validation curve, whether it learnt) and final.pt. amp: bf16 autocast where it passes its
-    self-check; compile: True, a mode or torch.compile kwargs; channels_last None: on CPU only.
+@dataclass(frozen=True)
+class TrainSettings:
+    """How train() runs: `steps` at `lr` (x0.1 at `lr_drop_step`, or the schedule config names), on
+    `device`; amp: bf16 autocast where it passes its self-check; seed: of dropout (each rank derives its own); resume
+    from out_dir/last.pt; checkpoints every `checkpoint_seconds` (None: $MMLIB_CHECKPOINT_SECONDS or
+    CheckpointSchedule's default) or `checkpoint_every` steps; losses read back every `log_every`;
+    channels_last None: on CPU only; compile: True, a mode or torch.compile kwargs; data_on_device
+    None: on a GPU; select_best: final.pt holds the weights of the best validation Dice."""
+
+    steps: int
+    lr: float
+    lr_drop_step: int | None = None
+    device: str | torch.device = "auto"
+    amp: bool = False
+    seed: int = 0
+    progress: bool = True
+    resume: bool = True
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = None
+    log_every: int = LOG_EVERY
+    channels_last: bool | None = None
+    compile: bool | str | dict = False
+    data_on_device: bool | None = None
+    select_best: bool = False
+
+
+def train(model: nn.Module, batches: Iterable[dict], settings: TrainSettings, out_dir: str | Path, config: dict,
+          channel_map: ChannelMap | dict, validation: Validation | None = None) -> TrainResult:
+    """Train `model` (built and seeded by the caller) as `settings` says on `batches`: a JointBatches
+    (drawn by step) or any iterable of dicts x, y, valid, present. Writes out_dir/last.pt at the
+    settings' checkpoints, at the end and on Ctrl-C, then losses.csv, training.json (precision,
+    validation curve, whether it learnt) and final.pt.
     `config` names 'arch', 'width'; 'dice_batch', 'name', 'loss' (LOSSES), 'lr_schedule' (SCHEDULES)
-    and 'warmup_steps' are read. validation: measured at its
-    steps; select_best: final.pt holds the weights of the best validation Dice. Losses and weights
+    and 'warmup_steps' are read. validation: measured at its steps. Losses and weights
     are checked for NaN/inf where losses are read back: under autocast the run goes back to its
     last finite state in float32; in float32 it stops with NonFiniteError, writing no final.pt.
     Under torchrun: DistributedDataParallel (batches drawn by step), rank 0 writes."""
+    steps, lr, lr_drop_step, device, seed = (settings.steps, settings.lr, settings.lr_drop_step, settings.device,
+                                             settings.seed)
+    select_best, log_every, data_on_device = settings.select_best, settings.log_every, settings.data_on_device
     ddp = distributed.setup(device) and distributed.collective()
     rank, world = (distributed.rank(), distributed.world_size()) if ddp else (0, 1)
     seed_everything(rank_seed(seed, rank))  # before anything random (dropout) happens
@@ -298,7 +302,8 @@ def train(
             raise MMLibError(f"{world} ranks, but a global batch of {batches.global_batch} samples: "
                              f"start at most {batches.global_batch} ranks for this model")
     distributed.on_main(out_dir.mkdir, parents=True, exist_ok=True)
-    one_step = TrainStep(model, lr, device, amp, channels_last, compile, config.get("dice_batch", True),
+    one_step = TrainStep(model, lr, device, settings.amp, settings.channels_last, settings.compile,
+                         config.get("dice_batch", True),
                          data_parallel=ddp, loss=config.get("loss", "dice"))
     lr_plan = LRSchedule(lr, steps, config.get("lr_schedule", "step"), lr_drop_step, int(config.get("warmup_steps", 0)))
     optimizer = one_step.optimizer
@@ -344,7 +349,7 @@ def train(
     # Start fresh, or pick up exactly where out_dir/last.pt left off (every rank from the same
     # file, written by rank 0 of a run with any number of ranks: batches are drawn by step).
     start = 0
-    if resume and distributed.on_main(last.exists):
+    if settings.resume and distributed.on_main(last.exists):
         start = restore(load_checkpoint(last, map_location="cpu"), last)
     # The state a non-finite value under autocast returns to: this one, until this run writes a
     # checkpoint (written only after the finiteness check), then that checkpoint.
@@ -379,8 +384,8 @@ def train(
             log["best"] = {"step": done, "dice": mean,
                            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
-    bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="train")
-    schedule = CheckpointSchedule(seconds=checkpoint_seconds, steps=checkpoint_every)
+    bar = tqdm(total=steps, initial=start, disable=not settings.progress or rank != 0, desc="train")
+    schedule = CheckpointSchedule(seconds=settings.checkpoint_seconds, steps=settings.checkpoint_every)
     step = done = start
     rng_before, data_before = rng_state(), None  # where the current step began, for Ctrl-C
     try:
@@ -404,7 +409,7 @@ def train(
                         validate(done)
                     if done < steps:
                         if ddp:  # rank 0's clock decides, at steps where the ranks meet anyway
-                            synced = synced or bool(checkpoint_every and done % checkpoint_every == 0)
+                            synced = synced or bool(settings.checkpoint_every and done % settings.checkpoint_every == 0)
                             due = synced and distributed.on_main(schedule.due, done)
                         else:
                             due = schedule.due(done)

@@ -45,7 +45,7 @@ from mmlib.engine.convergence import Validation, judge_record
 from mmlib.engine.device import seed_everything
 from mmlib.engine.evaluate import EvalSettings, evaluate_all_combinations, evaluate_cases
 from mmlib.engine.predict import study_preprocessing
-from mmlib.engine.train import train
+from mmlib.engine.train import TrainSettings, train
 from mmlib.errors import MMLibError
 from mmlib.experiments.plan.schedule import batch_per_database, schedule
 from mmlib.experiments.plan.specs import Evaluation, Job, ModelSpec, single_test_modality, spec_from_dict, with_parents
@@ -241,10 +241,10 @@ class Study:
                   "loss": self.preset.loss, "lr_schedule": self.preset.lr_schedule, "warmup_steps": plan.warmup_steps,
                   "name": spec.trained.name, "identity": run_dir.name,
                   "preprocessing": study_preprocessing(self.preset)}  # so `mmlib predict` needs no study
-        train(model, batches, steps=plan.steps, lr=self.preset.lr, lr_drop_step=plan.lr_drop_step,
-              out_dir=run_dir, config=config, channel_map=cmap.to_dict(), device=self.device,
-              amp=self.preset.amp, progress=self.progress, seed=spec.seed,
-              validation=self._validation(dbs, cmap), select_best=self.preset.model_selection == "best")
+        settings = TrainSettings(plan.steps, self.preset.lr, plan.lr_drop_step, device=self.device, amp=self.preset.amp,
+                                 seed=spec.seed, progress=self.progress,
+                                 select_best=self.preset.model_selection == "best")
+        train(model, batches, settings, run_dir, config, cmap.to_dict(), self._validation(dbs, cmap))
         return model, cmap
 
     def _validation(self, dbs: dict[str, Database], cmap) -> Validation | None:
