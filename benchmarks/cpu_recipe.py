@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
-import torch
+# One thread, as each of the quick study's two worker processes (mmlib.engine.device.pick_device
+# gives torch every core unless OMP_NUM_THREADS says otherwise).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402 - after the thread count is set
 
 RESULTS = Path(__file__).with_name("results") / "cpu_recipes.jsonl"
 
@@ -65,7 +70,6 @@ def run(out: Path, recipe: str, model: str) -> dict:
     from mmlib.engine.precision import machine_name
     from mmlib.experiments.run.study import Study
 
-    torch.set_num_threads(1)
     preset, sd_fraction = _preset(recipe)
     study = Study(out, preset, device="cpu", progress=False, processes=1)
     spec = _spec(model, preset, sd_fraction)
@@ -77,7 +81,7 @@ def run(out: Path, recipe: str, model: str) -> dict:
     learning = record["learning"]
     curve = [round(sum(p["dice"].values()) / len(p["dice"]), 3) for p in record["validation"]]
     row = {"recipe": recipe, "model": model, "steps": record["steps"], "wall_s": round(wall, 1),
-           "precision": record["precision"], "machine": machine_name(torch.device("cpu")),
+           "precision": record["precision"], "threads": torch.get_num_threads(), "machine": machine_name(torch.device("cpu")),
            "final_dice": round(learning["final_dice"], 3), "gain_last_quarter": round(learning["gain_last_quarter"], 3),
            "learnt": learning["learnt"], "converged": learning["converged"], "curve": curve,
            "settings": RECIPES[recipe]}
@@ -87,10 +91,15 @@ def run(out: Path, recipe: str, model: str) -> dict:
     return row
 
 
+def _minutes(row: dict) -> str:
+    """Wall minutes, where they were measured with one thread per run (else '-')."""
+    return f"{row['wall_s'] / 60:.1f}" if row.get("wall_s") is not None and row.get("threads") == 1 else "-"
+
+
 def table() -> str:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     head = "| recipe | model | steps | wall (min) | val Dice | gain, last quarter | converged | curve |\n|---|---|---|---|---|---|---|---|"
-    lines = [f"| {r['recipe']} | {r['model']} | {r['steps']} | {r['wall_s'] / 60:.1f} | {r['final_dice']:.3f} | "
+    lines = [f"| {r['recipe']} | {r['model']} | {r['steps']} | {_minutes(r)} | {r['final_dice']:.3f} | "
              f"{r['gain_last_quarter']:+.3f} | {'yes' if r['converged'] else 'no'} | {' '.join(map(str, r['curve']))} |"
              for r in rows]
     return "\n".join([head, *lines])
