@@ -20,7 +20,8 @@ from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine.evaluate import EvalSettings, evaluate_cases
 from mmlib.engine.train import TrainSettings, train
-from mmlib.experiments.common import batch_per_database, load_databases
+from mmlib.experiments.plan.schedule import batch_per_database
+from mmlib.experiments.run.study import Study
 from mmlib.models import build_model
 from mmlib.presets import load_preset
 
@@ -62,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--data", help="the twins' folder (mmlib synth --out)")
-    parser.add_argument("--cache", help="preprocessing cache folder")
+    parser.add_argument("--cache", default="runs/bf16_parity", help="a study folder holding the prepared cases")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=0, help="0: the preset's")
     parser.add_argument("--device", default="cpu")
@@ -75,8 +76,9 @@ def main() -> None:
     if args.merge:
         return merge(args.merge, args.json)
     preset = load_preset(args.preset)
-    dbs = load_databases(TRAINING_DATABASES, preset, args.data, args.cache, progress=False)
-    cmap = ChannelMap.from_databases([d.manifest.modalities for d in dbs.values()])
+    study = Study(Path(args.cache), preset, data_root=args.data, device=args.device, progress=False)
+    dbs = study.databases(TRAINING_DATABASES)
+    cmap = ChannelMap.from_databases([d.manifest for d in dbs.values()])
     steps = args.steps or preset.steps
     lr_drop = max(1, round(steps * preset.lr_drop_step / preset.steps))
     variants = [(p == "bf16", ()) for p in args.precisions]

@@ -70,6 +70,10 @@ def run(out: Path, recipe: str, model: str) -> dict:
     from mmlib.engine.precision import machine_name
     from mmlib.experiments.run.study import Study
 
+    # One thread, as each of the quick study's two worker processes (mmlib.engine.device.pick_device
+    # gives torch every core unless OMP_NUM_THREADS says otherwise).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
     preset, sd_fraction = _preset(recipe)
     study = Study(out, preset, device="cpu", progress=False, processes=1)
     spec = _spec(model, preset, sd_fraction)

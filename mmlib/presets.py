@@ -152,8 +152,11 @@ def preset_names() -> tuple[str, ...]:
     return tuple(yaml.safe_load(_PRESETS_FILE.read_text()))
 
 
-def load_preset(name: str) -> Preset:
-    """The preset called `name`; raise MMLibError listing the known ones otherwise."""
+def load_preset(name: str | Preset) -> Preset:
+    """The preset called `name` (a Preset is returned as it is); raise MMLibError listing the known
+    ones otherwise. The one place a preset's name becomes a Preset."""
+    if isinstance(name, Preset):
+        return name
     table = yaml.safe_load(_PRESETS_FILE.read_text())
     if name not in table:
         raise MMLibError(f"unknown preset {name!r}; known presets: {', '.join(table)}")

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mmlib.atomic_files import atomic_path, atomic_write_json
@@ -34,6 +35,7 @@ from mmlib.engine.device import amp_dtype, pick_device, rng_state, seed_everythi
 from mmlib.engine.losses import LOSSES, training_loss
 from mmlib.engine.precision import NonFiniteError, PrecisionCheck, checked_dtype, model_finite
 from mmlib.errors import MMLibError
+from mmlib.models import MAFUNet
 from mmlib.presets import SCHEDULES
 
 
@@ -103,8 +105,6 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
 def _skips_branches(model: nn.Module) -> bool:
     """Whether a model leaves parameters out of some forwards: MAFUnet's encoder of a modality no
     sample of a rank's share holds (DDP must then look for unused parameters)."""
-    from mmlib.models import MAFUNet
-
     return any(isinstance(m, MAFUNet) for m in model.modules())
 
 
@@ -154,8 +154,6 @@ class TrainStep:
         self._autocast_tried = False
         self.forward = model
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             # Channels-last 1x1x1 kernels have strides that differ from their gradients' only along
             # axes of size one (the same memory): DDP's warning about it says nothing here.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")

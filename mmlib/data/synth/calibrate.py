@@ -12,6 +12,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mmlib.data.cases import IGNORE
+from mmlib.data.manifest import ALL_DATABASES, load_manifest, manifest_dir
+from mmlib.data.synth.twins import generate_case, site_scanners, synth_case_counts
+from mmlib.presets import load_preset
 
 #: z-score thresholds tried (brain-normalised intensities).
 THRESHOLDS = np.linspace(-5.0, 8.0, 261)
@@ -70,10 +73,7 @@ def best_threshold_dice(images: Sequence[dict[str, np.ndarray]], labels: Sequenc
 def twin_threshold_baseline(preset="quick", seed: int = 0, databases: Iterable[str] | None = None,
                             max_cases: int | None = None) -> dict[str, dict]:
     """Generate each twin in memory (nothing written) and measure its threshold floor."""
-    from mmlib.data.manifest import ALL_DATABASES, load_manifest, manifest_dir
-    from mmlib.data.synth.twins import _preset, generate_case, site_scanners, synth_case_counts
-
-    p = _preset(preset)
+    p = load_preset(preset)
     names = list(databases or ALL_DATABASES)
     counts = synth_case_counts(p, names)
     out = {}

@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from mmlib.data.manifest import ALL_DATABASES, load_manifest, manifest_dir
-from mmlib.data.synth.twins import TwinCase, _preset, generate_case, site_scanners, synth_case_counts
+from mmlib.data.synth.twins import TwinCase, generate_case, site_scanners, synth_case_counts
+from mmlib.presets import load_preset
 
 #: A lesion counts as iso-intense within this many normal-appearing-brain SDs of its tissue.
 ISO_CNR = 0.1
@@ -142,7 +143,7 @@ def twin_contrast(preset="quick", seed: int = 0, databases: Iterable[str] | None
     One row per database x region x modality: the CNRs averaged over cases, the cases and lesion
     voxels measured. voxel_mm: the grid (default the preset's synth.voxel_mm).
     """
-    p = _preset(preset)
+    p = load_preset(preset)
     voxel = float(voxel_mm or p.synth["voxel_mm"])
     names = list(databases or ALL_DATABASES)
     counts = synth_case_counts(p, names)

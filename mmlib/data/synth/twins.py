@@ -59,13 +59,9 @@ class TwinCase:
     info: dict
 
 
-def _preset(preset: str | Preset) -> Preset:
-    return load_preset(preset) if isinstance(preset, str) else preset
-
-
 def synth_case_counts(preset: str | Preset = "quick", databases: Iterable[str] = ALL_DATABASES) -> dict[str, int]:
     """Cases per twin: round(case_scale x the paper's count), clamped to [min_cases, max_cases]."""
-    s = _preset(preset).synth
+    s = load_preset(preset).synth
     counts = {}
     for name in databases:
         m = load_manifest(manifest_dir() / f"{name}.yaml")
@@ -323,7 +319,7 @@ def make_twins(out_dir: str | Path, preset: str | Preset = "quick", seed: int = 
     """
     from tqdm.auto import tqdm
 
-    p = _preset(preset)
+    p = load_preset(preset)
     names = list(databases or ALL_DATABASES)
     counts = synth_case_counts(p, names)
     voxel_mm = float(p.synth.get("voxel_mm", 2.0))
@@ -375,7 +371,7 @@ def ensure_twins(out_dir: str | Path, preset: str | Preset = "quick", seed: int 
     An interrupted run is resumed, a damaged or truncated marker means 'make again', and the
     marker of the whole set (TWINS_MARKER) is written atomically once every twin is complete.
     """
-    p = _preset(preset)
+    p = load_preset(preset)
     out_dir = Path(out_dir)
     want = _plain({"preset": p.name, "seed": seed, "synth": p.synth})
     if read_json(out_dir / TWINS_MARKER) == want and all(

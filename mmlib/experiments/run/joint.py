@@ -14,7 +14,7 @@ from mmlib.engine import distributed
 from mmlib.experiments.plan.jobs import joint_jobs
 from mmlib.experiments.results.rows import write_rows
 from mmlib.experiments.run.experiments import baselines
-from mmlib.experiments.run.study import Study, as_preset
+from mmlib.experiments.run.study import Study
 from mmlib.presets import JointVariant
 from mmlib.viz import plot_combination_dice
 
@@ -48,7 +48,7 @@ def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch
     """Train (or find) the study's joint model of `arch` and `drop`, evaluate it on the five training
     databases, and write summary.csv, summary.json and a figure to out_dir/joint/<model folder>/.
     `executor`: where the model trains (Study's). Under torchrun only rank 0 returns the summary."""
-    preset = as_preset(preset)
+    preset = load_preset(preset)
     if steps is not None:
         preset = preset.with_(steps=int(steps))
     study = Study(Path(out_dir), preset, data_root=data_root, device=device, seeds=(seed,), progress=progress,

@@ -79,10 +79,6 @@ class Database:
         return self.manifest.name
 
 
-def as_preset(preset: str | Preset) -> Preset:
-    return preset if isinstance(preset, Preset) else load_preset(preset)
-
-
 @dataclass
 class Study:
     """A study folder at one preset on one set of data. `data_root`: a folder holding <NAME>/ per
@@ -103,7 +99,7 @@ class Study:
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        self.preset = as_preset(self.preset)
+        self.preset = load_preset(self.preset)
         self.executor = executor_from_config(config_from_env() if self.executor is None else self.executor)
         distributed.setup(self.device)  # under torchrun: join the other ranks
         self.progress = self.progress and distributed.is_main()
@@ -419,5 +415,5 @@ def eval_channel_map(cmap, modalities):
     return cmap.with_assignments({m: mapping[m] for m in new})
 
 
-__all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "as_preset", "eval_channel_map",
+__all__ = ["LAYOUT_VERSION", "Database", "Evaluation", "Job", "Study", "eval_channel_map",
            "learning_columns"]
