@@ -15,7 +15,7 @@ from mmlib.experiments.plan.jobs import joint_jobs
 from mmlib.experiments.results.rows import write_rows
 from mmlib.experiments.run.experiments import baselines
 from mmlib.experiments.run.study import Study
-from mmlib.presets import JointVariant
+from mmlib.presets import JointVariant, load_preset
 from mmlib.viz import plot_combination_dice
 
 
