@@ -11,6 +11,7 @@ import pandas as pd
 
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.engine.convergence import RULE as CONVERGENCE_RULE
+from mmlib.engine.train import COSINE_FLOOR
 from mmlib.experiments.plan.schedule import Schedule, batch_per_database
 from mmlib.experiments.plan.specs import ARCHITECTURES
 from mmlib.presets import Preset
@@ -95,7 +96,7 @@ def _lr_words(preset: Preset) -> str:
     """The learning-rate schedule of a preset counted in steps, in words."""
     warm = f"linear warm-up over {_fraction(preset.warmup_fraction)} of them, then " if preset.warmup_fraction else ""
     if preset.lr_schedule == "cosine":
-        return f"{warm}cosine decay of the lr to 0.01 x"
+        return f"{warm}cosine decay of the lr to {COSINE_FLOOR:g} x its base rate"
     return f"{warm}lr x0.1 after {_fraction(preset.lr_drop_fraction)} of them"
 
 
