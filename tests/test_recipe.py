@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmlib.engine.losses import bce_loss, dice_loss, training_loss
-from mmlib.engine.train import COSINE_FLOOR, LRSchedule, lr_at
+from mmlib.engine.train import COSINE_FLOOR, LRSchedule
 from mmlib.errors import MMLibError
 from mmlib.presets import load_preset
 
@@ -17,7 +17,7 @@ def test_step_schedule_is_the_papers_drop():
     s = LRSchedule(1e-3, 100, "step", drop_step=75)
     assert [s.at(i) for i in (0, 74)] == [1e-3, 1e-3]
     assert s.at(75) == pytest.approx(1e-4) and s.at(99) == pytest.approx(1e-4)
-    assert lr_at(75, 1e-3, 75) == s.at(75) and lr_at(10, 1e-3, None) == 1e-3
+    assert LRSchedule(1e-3, 100, "step", drop_step=None).at(99) == 1e-3  # no drop step: constant
 
 
 def test_cosine_schedule_warms_up_then_decays_to_its_floor():

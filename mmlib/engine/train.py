@@ -78,17 +78,6 @@ class LRSchedule:
             return self.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
         return self.lr * 0.1 if self.drop_step and step >= self.drop_step else self.lr
 
-    def describe(self) -> str:
-        if self.kind == "cosine":
-            return f"warm-up {self.warmup} steps, cosine decay to {COSINE_FLOOR:g} x lr"
-        return f"x0.1 from step {self.drop_step}" if self.drop_step else "constant"
-
-
-def lr_at(step: int, lr: float, lr_drop_step: int | None) -> float:
-    """Learning rate of step `step` (0-based) under the paper's step drop: `lr`, x0.1 from
-    `lr_drop_step` on (None/0: never)."""
-    return LRSchedule(lr, step + 1, "step", lr_drop_step).at(step)
-
 
 #: Steps between loss read-backs by default (each one waits for the device).
 LOG_EVERY = 25
