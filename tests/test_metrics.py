@@ -3,9 +3,10 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from mmlib.metrics import dice_score, segmentation_metrics, surface
+from mmlib.metrics import dice_score, pooled_dice, segmentation_metrics, surface
 
 
 def box(lo, hi, shape=(10, 10, 10)) -> np.ndarray:
@@ -83,3 +84,20 @@ def test_ignored_voxels_are_left_out_of_every_metric():
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError):
         segmentation_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), (1, 1, 1))
+
+
+def test_pooled_dice_is_the_dice_of_the_cases_taken_as_one_volume():
+    rng = np.random.default_rng(0)
+    big_t = np.zeros((12, 12, 12), bool)
+    big_t[2:9, 2:9, 2:9] = True
+    big_p = np.roll(big_t, 1, axis=0)
+    tiny_t = np.zeros((12, 12, 12), bool)
+    tiny_t[5, 5, 5:7] = True                      # a 2-voxel lesion, missed
+    tiny_p = rng.random((12, 12, 12)) > 0.995     # a few false positives
+    empty = np.zeros((12, 12, 12), bool)          # no lesion, nothing predicted
+    pairs = [(big_p, big_t), (tiny_p, tiny_t), (empty, empty)]
+    rows = pd.DataFrame([{**segmentation_metrics(p, t, (1.0, 1.0, 1.0)), "lesion_ml": t.sum() / 1000,
+                          "predicted_ml": p.sum() / 1000} for p, t in pairs])
+    whole = dice_score(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
+    assert pooled_dice(rows) == pytest.approx(whole)
+    assert rows["dice"][:2].mean() < whole - 0.3  # the per-case mean is decided by the tiny lesion

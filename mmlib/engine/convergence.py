@@ -1,5 +1,8 @@
 """Did a model learn? Its validation Dice during training, on cases held out from its training set
 (never its test cases), and one rule, stated here once, for whether it had stopped improving.
+The validation Dice of a database pools its validation cases into one volume (mmlib.metrics.
+pooled_dice): a mean of per-case Dice over a few cases is decided by whichever of them has a
+lesion of a few voxels, and says nothing about whether the model learnt.
 
 A model *learnt* a database when its weights are finite and its final validation Dice there beats
 the label-free floor (the intensity-outlier rule, mmlib.engine.baselines) on the same cases by more
@@ -23,8 +26,9 @@ from torch import nn
 #: which a model has converged.
 LAST_SHARE = 0.25
 MIN_GAIN = 0.01
-RULE = (f"converged: the last {LAST_SHARE:.0%} of training raised the validation Dice (mean over the "
-        f"model's databases, on cases held out from its training set) by less than {MIN_GAIN}")
+RULE = (f"converged: the last {LAST_SHARE:.0%} of training raised the validation Dice (pooled over the "
+        f"cases held out from each database's training set, then the mean over the model's databases) by "
+        f"less than {MIN_GAIN}")
 #: How far above the label-free floor a validation Dice must be for the model to have learnt.
 LEARNT_MARGIN = 0.02
 LEARNT_RULE = (f"learnt: the final validation Dice beats the label-free floor on the same cases by more than "

@@ -51,6 +51,7 @@ from mmlib.experiments.plan.schedule import batch_per_database, schedule
 from mmlib.experiments.plan.specs import Evaluation, Job, ModelSpec, single_test_modality, spec_from_dict, with_parents
 from mmlib.experiments.results.rows import read_rows, write_rows
 from mmlib.experiments.run.executors import InlineExecutor, config_from_env, executor_from_config
+from mmlib.metrics import pooled_dice
 from mmlib.models import ProgressiveUNet, assign_new_modalities, build_model
 from mmlib.presets import Preset, load_preset
 
@@ -245,16 +246,17 @@ class Study:
 
     def _validation(self, dbs: dict[str, Database], cmap) -> Validation | None:
         """Validation Dice of a model during training on its databases' validation cases (all of
-        each one's modalities), and the label-free floor on the same cases."""
+        each one's modalities, pooled over the cases: mmlib.metrics.pooled_dice), and the
+        label-free floor on the same cases."""
         held = {n: d.val for n, d in dbs.items() if d.val}
         if not held:
             return None
         settings = self.eval_settings(progress=False, across_ranks=False)
 
         def measure(model) -> dict[str, float]:
-            return {n: float(evaluate_cases(model, cases, cmap, settings)["dice"].mean()) for n, cases in held.items()}
+            return {n: pooled_dice(evaluate_cases(model, cases, cmap, settings)) for n, cases in held.items()}
 
-        floor = {n: float(outlier_baseline(cases, single_test_modality(dbs[n].manifest.modalities))["dice"].mean())
+        floor = {n: pooled_dice(outlier_baseline(cases, single_test_modality(dbs[n].manifest.modalities)))
                  for n, cases in held.items()}
         return Validation(measure, floor, self.preset.val_points)
 
