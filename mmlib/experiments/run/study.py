@@ -170,8 +170,7 @@ class Study:
         """Write study.json, or check that the folder holds a study of this layout, preset and data."""
         stamp = self.out_dir / "study.json"
         want = {"layout": LAYOUT_VERSION, "preset": self.preset.name, "data_root": self._data_source(),
-                "asked": {"databases": self.databases_asked, "fill_with_twins": list(self.fill_with_twins),
-                          "manifests": self.manifests},
+                "asked": {"databases": self._asked_list(), "fill_with_twins": list(self.fill_with_twins)},
                 "sources": {n: s.to_json() for n, s in self.sources.items()}}
         if stamp.is_file():
             have = read_json(stamp, None)
