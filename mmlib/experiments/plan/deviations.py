@@ -108,8 +108,9 @@ def database_rows(sources: dict | None) -> list[tuple[str, str, str]]:
             ("synthetic twins", "none", ours or "none")]
 
 
-def sources_note(sources: dict | None) -> str:
-    """The databases' part of the line under each table: twins standing in, databases missing."""
+def sources_note(sources: dict | None, table: int | None = None) -> str:
+    """The databases' part of the line under each table: twins standing in, databases missing (and
+    under Table 2, that its means are over the training databases present)."""
     if not database_rows(sources):
         return ""
     twins = [n for n, s in sources.items() if s.kind == TWIN]
@@ -118,7 +119,9 @@ def sources_note(sources: dict | None) -> str:
     return ("" if not twins else f" Synthetic twins stand in for {', '.join(twins)}: their cells are not the release's.") + \
         ("" if not missing else f" Not available: {', '.join(missing)}; the joint and leave-one-out models train on "
                                 f"the {len(pool)} training databases present ({', '.join(pool)}), and cells that need "
-                                f"a missing database say so.")
+                                f"a missing database say so.") + \
+        (f" Table 2 averages those {len(pool)}, the paper's all five." if missing and table == 2
+         and len(pool) < len(TRAINING_DATABASES) else "")
 
 
 def _lr_words(preset: Preset) -> str:
@@ -171,7 +174,7 @@ def deviation_note(preset: Preset, table: int, sources: dict | None = None) -> s
     return (f"Protocol at preset {preset.name}: {len(differ) or 'no'} aspect{'s' * (len(differ) != 1)} of "
             f"training and evaluation differ from the paper's (deviations table above); "
             + (f"this table's models left out or changed: {'; '.join(left_out)}." if left_out
-               else "every model of this table is trained as in the paper's grid.") + sources_note(sources))
+               else "every model of this table is trained as in the paper's grid.") + sources_note(sources, table))
 
 
 __all__ = ["PAPER_STEPS", "PAPER_CROPS_PER_DATABASE", "Deviation", "deviations", "skipped_models",
