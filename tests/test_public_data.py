@@ -18,6 +18,7 @@ from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
 from mmlib.experiments.plan.specs import joint_spec
 from mmlib.experiments.results.availability import computable, mark_findings, mark_table
 from mmlib.experiments.results.findings import evaluate_findings
+from mmlib.experiments.results.report import write_report
 from mmlib.experiments.results.tables import table_by_name
 from mmlib.experiments.run.study import Study
 from mmlib.presets import load_preset
@@ -135,6 +136,8 @@ def test_fill_with_twins_gives_a_five_database_model_that_states_the_substitutio
     protocol = deviations_frame(study.preset, sources=study.sources)
     assert "TBI's synthetic twin stands in for its release" in protocol.loc["synthetic twins"].iloc[1]
     assert "Synthetic twins stand in for TBI" in deviation_note(study.preset, 3, study.sources)
+    report = write_report(study).read_text()
+    assert "TBI's synthetic twin stands in for its release" in report and "| TBI | twin |" in report
     twin_model = {p.name for p in (tmp_path / "models").iterdir()}
     # Later the user gets the TBI release: the same folder trains a new model, the twin's rows leave.
     public_user.setenv("MMLIB_TBI_ROOT", str(releases["TBI"]))
