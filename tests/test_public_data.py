@@ -190,3 +190,25 @@ def test_every_cell_and_clause_needing_tbi_or_tumor2_reads_not_available():
     assert f2["F2 about as well (BRATS)"] == "untested"
     can = computable(PRIVATE)
     assert can.loc["F4", "computable"] == "no" and can.loc["F1", "computable"] == "yes"
+
+
+@pytest.mark.slow
+def test_mmlib_study_on_the_public_databases_marks_what_needs_tbi_or_tumor2(public_user, tmp_path):
+    from mmlib.cli import main
+
+    assert main(["study", "--preset", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| TBI | missing | not available (TBI is private) |" in report
+    table3 = report[report.index("## Table 3"):report.index("## Table 4")]
+    ours = [line for line in table3.splitlines() if "| ours |" in line]
+    assert ours and all(line.count("not available (TBI is private)") == 2 for line in ours)  # TBI and Avg
+    assert "Avg over 4 (BRATS, ATLAS, MSSEG, WMH" in table3
+    table4 = report[report.index("## Table 4"):report.index("## Table 5")]
+    assert all("not available (TUMOR2 is private)" in line for line in table4.splitlines() if "| ours |" in line)
+    assert "Table 2 averages those 4" in report
+    findings = json.loads((tmp_path / "findings.json").read_text())["findings"]
+    assert findings["F4"]["verdict"] == "not available (TUMOR2 is private)"
+    tbi = [c for f in findings.values() for c in f["clauses"] if "TBI" in c["clause"]]
+    assert tbi and all(c["verdict"] == "not available (TBI is private)" for c in tbi)
+    rows = _models(Study(tmp_path, "smoke").results())
+    assert not set(rows["database"]) & {"TBI", "TUMOR2"} and set(rows["synthetic_databases"]) == {""}

@@ -47,13 +47,14 @@ def reason(needed, unavailable: dict[str, str]) -> str | None:
 def mark_table(table: int, frame: pd.DataFrame, unavailable: dict[str, str] | None,
                results: pd.DataFrame | None = None) -> pd.DataFrame:
     """`frame` (a table beside the paper's: index (row, source)) with our cells that need a missing
-    database replaced by 'not available (...)'; Table 3 gains its average over the databases present,
-    ours and the paper's over the same ones, labelled with their number."""
+    database replaced by 'not available (...)' (the reference runs' and the paper's keep theirs);
+    Table 3 gains its average over the databases present, ours and the paper's over the same ones,
+    labelled with their number."""
     if not unavailable or frame.empty:
         return frame
     out = frame.astype(object)
     for (row, source) in out.index:
-        if source == "paper":
+        if source != "ours":
             continue
         for col in out.columns:
             if (col[0] if isinstance(col, tuple) else col) == "seeds":
@@ -108,8 +109,8 @@ def mark_findings(findings: dict, unavailable: dict[str, str] | None) -> dict:
         rest = [j for j in f["clauses"] if j not in marked]
         f["not_available"] = [j.clause.key for j in marked]
         f["verdict"] = (marked[0].verdict if not rest else
-                        f"{finding_verdict(rest)} on the clauses available ({len(marked)} of {len(f['clauses'])} "
-                        f"{marked[0].verdict})")
+                        f"{finding_verdict(rest)} on the clauses available; {len(marked)} of {len(f['clauses'])} "
+                        f"{marked[0].verdict}")
     return findings
 
 
