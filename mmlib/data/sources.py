@@ -14,7 +14,7 @@ name (inside the file) is then a database of the study and its root is found as 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mmlib.data.manifest import (ALL_DATABASES, PRIVATE_DATABASES, TRAINING_DATABASES, DatabaseManifest,
@@ -79,6 +79,31 @@ def parse_database_list(text) -> tuple[list[str], dict[str, str]]:
     return names, manifests
 
 
+@dataclass(frozen=True)
+class DatabaseChoice:
+    """What a user asked for: the databases (None: every one found), the manifest files of their own
+    databases among them, and the databases whose twin may stand in for a missing release."""
+
+    names: tuple[str, ...] | None = None
+    manifests: dict = field(default_factory=dict)
+    fill_with_twins: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, databases=None, fill_with_twins=None) -> "DatabaseChoice":
+        """From `--databases` and `--fill-with-twins` (comma-separated text or lists; None: not given)."""
+        names, manifests = (None, {}) if databases is None else parse_database_list(databases)
+        return cls(None if names is None else tuple(names), manifests,
+                   tuple(parse_database_list(fill_with_twins or ())[0]))
+
+    def to_json(self) -> dict:
+        """As given (a user database by its manifest file), so that `parse` reads it back."""
+        names = None if self.names is None else [self.manifests.get(n, n) for n in self.names]
+        return {"databases": names, "fill_with_twins": list(self.fill_with_twins)}
+
+    def sources(self, data_root: Path | None = None) -> dict[str, "Source"]:
+        return find_sources(self.names, data_root, self.fill_with_twins, self.manifests)
+
+
 def study_manifest(name: str, manifests: dict[str, str] | None = None) -> DatabaseManifest:
     """A database's manifest: the user's file where one was given, else the packaged one."""
     return load_manifest((manifests or {}).get(name, name))
@@ -139,5 +164,6 @@ def sources_line(sources: dict[str, Source]) -> str:
     return "databases: " + "; ".join(parts)
 
 
-__all__ = ["RELEASE", "TWIN", "MISSING", "NO_DATA_GIVEN", "Source", "not_available", "private_reason", "parse_database_list",
+__all__ = ["RELEASE", "TWIN", "MISSING", "NO_DATA_GIVEN", "Source", "DatabaseChoice", "not_available", "private_reason",
+           "parse_database_list",
            "study_manifest", "find_sources", "training_names", "sources_line"]

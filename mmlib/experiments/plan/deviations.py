@@ -116,7 +116,8 @@ def sources_note(sources: dict | None, table: int | None = None) -> str:
     twins = [n for n, s in sources.items() if s.kind == TWIN]
     missing = [f"{n} ({s.why})" for n, s in sources.items() if not s.available]
     pool = [n for n in TRAINING_DATABASES if sources.get(n) is not None and sources[n].available]
-    return ("" if not twins else f" Synthetic twins stand in for {', '.join(twins)}: their cells are not the release's.") + \
+    return ("" if not twins else
+            f" Synthetic twins stand in for {', '.join(twins)}: their cells are not the release's.") + \
         ("" if not missing else f" Not available: {', '.join(missing)}; the joint and leave-one-out models train on "
                                 f"the {len(pool)} training databases present ({', '.join(pool)}), and cells that need "
                                 f"a missing database say so.") + \

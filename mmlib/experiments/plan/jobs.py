@@ -58,7 +58,8 @@ def new_modality_jobs(preset: Preset, seeds, dbs: dict, pool=TRAINING_DATABASES,
     jobs = []
     for seed in seeds:
         specs = (_sd(preset, "ATLAS", dbs["ATLAS"], "multiunet", False, seed),
-                 _sd(preset, "BRATS", dbs["BRATS"], "multiunet", True, seed), joint_spec("multiunet", False, seed, pool=pool), joint_spec("multiunet", True, seed, pool=pool))
+                 _sd(preset, "BRATS", dbs["BRATS"], "multiunet", True, seed),
+                 joint_spec("multiunet", False, seed, pool=pool), joint_spec("multiunet", True, seed, pool=pool))
         jobs += [Job(spec, evaluations) for spec in specs]
     return jobs
 

@@ -184,7 +184,8 @@ def sd_spec(database: str, arch: str, drop: bool, seed: int, n_modalities: int, 
 
 def pool_order(databases) -> tuple[str, ...]:
     """Training databases in the paper's order (Table 1), then a user's own by name."""
-    return tuple(d for d in TRAINING_DATABASES if d in databases) + tuple(sorted(set(databases) - set(TRAINING_DATABASES)))
+    own = sorted(set(databases) - set(TRAINING_DATABASES))
+    return tuple(d for d in TRAINING_DATABASES if d in databases) + tuple(own)
 
 
 def joint_spec(arch: str, drop: bool, seed: int, databases=None, pool=TRAINING_DATABASES) -> ModelSpec:

@@ -34,8 +34,8 @@ def databases_section(sources: dict | None) -> list[str]:
     without the missing ones can compute of the paper's tables and findings."""
     if not sources:
         return []
-    lines = ["## Databases of this run", "", markdown_table(pd.DataFrame(
-        [{"database": n, "source": s.kind, "detail": s.describe()} for n, s in sources.items()]).set_index("database")), ""]
+    table = pd.DataFrame([{"database": n, "source": s.kind, "detail": s.describe()} for n, s in sources.items()])
+    lines = ["## Databases of this run", "", markdown_table(table.set_index("database")), ""]
     unavailable = {n: s.why for n, s in sources.items() if not s.available}
     if unavailable:
         lines += ["What this run can compute of the paper's tables and findings without them:", "",

@@ -72,7 +72,7 @@ def run_joint(out_dir: Path, preset="quick", data_root=None, seed: int = 0, arch
     training = study.training_names()
     if not training:
         raise MMLibError("no training database found: " + sources_line(study.sources))
-    extra = [n for n in study.databases_asked or () if n not in training]
+    extra = [n for n in study.choice.names or () if n not in training]
     jobs = joint_jobs(preset, (seed,), [JointVariant(arch, drop)], training, extra)
     results = study.run(jobs)
     study.databases(training + extra)  # every rank, before rank 0 reads them alone

@@ -35,8 +35,7 @@ from mmlib.data.identity import short_hash
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.integrity import check_database
 from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, data_root_from_env
-from mmlib.data.sources import (NO_DATA_GIVEN, TWIN, find_sources, parse_database_list, study_manifest,
-                                training_names)
+from mmlib.data.sources import NO_DATA_GIVEN, TWIN, DatabaseChoice, study_manifest, training_names
 from mmlib.data.modalities import sort_modalities
 from mmlib.data.preprocess import prepare_database, prepared_identity
 from mmlib.data.readers import split_cases
@@ -89,7 +88,7 @@ class Study:
     set) the synthetic twins made once in out_dir/data. `seeds` None: the preset's; `processes`
     None: the preset's. `executor`: where `run` trains (executors.executor_from_config; None: the
     configuration in $MMLIB_EXECUTOR, else local processes); never part of a model's identity.
-    `databases`: the databases to use ('BRATS,ATLAS,my/MYDB.yaml': a manifest file is your own),
+    `databases_asked`: the databases to use ('BRATS,ATLAS,my/MYDB.yaml': a manifest file is your own),
     None: every one whose release is found; `fill_with_twins`: the databases whose synthetic twin
     stands in for a missing release. Both None: as study.json recorded them (mmlib.data.sources)."""
 
@@ -112,14 +111,13 @@ class Study:
         distributed.setup(self.device)  # under torchrun: join the other ranks
         self.progress = self.progress and distributed.is_main()
         self.data_root = data_root_from_env(self.data_root)
-        asked = read_json(self.out_dir / "study.json", {}) if (self.out_dir / "study.json").is_file() else {}
-        asked = (asked.get("asked") if isinstance(asked, dict) else None) or {}
-        if self.databases_asked is None and self.fill_with_twins is None:
-            self.databases_asked, self.fill_with_twins = asked.get("databases"), asked.get("fill_with_twins", ())
-        names, self.manifests = (None, {}) if self.databases_asked is None else parse_database_list(self.databases_asked)
-        self.databases_asked = names
-        self.fill_with_twins = tuple(parse_database_list(self.fill_with_twins or ())[0])
-        self.sources = find_sources(names, self.data_root, self.fill_with_twins, self.manifests)
+        if self.databases_asked is None and self.fill_with_twins is None:  # as the folder was set up
+            stamp = read_json(self.out_dir / "study.json", {}) if (self.out_dir / "study.json").is_file() else {}
+            asked = (stamp.get("asked") if isinstance(stamp, dict) else None) or {}
+            self.databases_asked, self.fill_with_twins = asked.get("databases"), asked.get("fill_with_twins")
+        self.choice = DatabaseChoice.parse(self.databases_asked, self.fill_with_twins)
+        self.manifests, self.fill_with_twins = self.choice.manifests, self.choice.fill_with_twins
+        self.sources = self.choice.sources(self.data_root)
         present = [s for s in self.sources.values() if s.available]
         self.twins = bool(present) and all(s.why == NO_DATA_GIVEN for s in present)
         self.seeds = tuple(self.preset.seeds if self.seeds is None else self.seeds)
@@ -170,7 +168,7 @@ class Study:
         """Write study.json, or check that the folder holds a study of this layout, preset and data."""
         stamp = self.out_dir / "study.json"
         want = {"layout": LAYOUT_VERSION, "preset": self.preset.name, "data_root": self._data_source(),
-                "asked": {"databases": self._asked_list(), "fill_with_twins": list(self.fill_with_twins)},
+                "asked": self.choice.to_json(),
                 "sources": {n: s.to_json() for n, s in self.sources.items()}}
         if stamp.is_file():
             have = read_json(stamp, None)
@@ -397,12 +395,7 @@ class Study:
         same folder, preset, data, device and seeds, no progress bars, its jobs run inline."""
         return partial(type(self), self.out_dir, self.preset, data_root=self.data_root, device=self.device,
                        seeds=self.seeds, progress=False, processes=1, executor="inline",
-                       databases_asked=self._asked_list(), fill_with_twins=self.fill_with_twins)
-
-    def _asked_list(self):
-        if self.databases_asked is None:
-            return None
-        return [self.manifests.get(n, n) for n in self.databases_asked]
+                       databases_asked=self.choice.to_json()["databases"], fill_with_twins=self.fill_with_twins)
 
     # -- reading results back ----------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
