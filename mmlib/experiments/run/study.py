@@ -35,7 +35,7 @@ from mmlib.data.identity import short_hash
 from mmlib.data.loaders import ChannelMap, JointBatches
 from mmlib.data.integrity import check_database
 from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, data_root_from_env
-from mmlib.data.sources import NO_DATA_GIVEN, TWIN, DatabaseChoice, study_manifest, training_names
+from mmlib.data.sources import NO_DATA_GIVEN, RELEASE, TWIN, DatabaseChoice, study_manifest, training_names
 from mmlib.data.modalities import sort_modalities
 from mmlib.data.preprocess import prepare_database, prepared_identity
 from mmlib.data.readers import split_cases
@@ -177,11 +177,11 @@ class Study:
             if have.get("layout") != LAYOUT_VERSION:
                 raise MMLibError(f"the folder holds a study of layout {have.get('layout')}, this mmlib writes "
                                  f"layout {LAYOUT_VERSION}; use another --out", self.out_dir)
-            # Twins and real data never share a folder; among real sources (a release found later, a
-            # twin asked for) models are keyed by their data, so a later run trains new ones beside.
+            # Twins and real data never share a folder, nor do two copies of a release (a copy keeps
+            # sizes and times, so the data identity cannot tell them apart). A database found where it
+            # was missing, or its release where a twin stood in, trains new models beside the others.
             for key in ("preset", "data_root"):
-                changed = have.get(key) != want[key] and (key == "preset" or None in (have.get(key), want[key]))
-                if changed:
+                if have.get(key) != want[key] and (key == "preset" or not self._may_add_sources(have)):
                     raise MMLibError(f"the folder holds a study with {key} {have.get(key)!r}, not {want[key]!r}; "
                                      f"use another --out so that their results do not mix", self.out_dir)
             if {k: have.get(k) for k in want} != want and distributed.is_main():
@@ -194,6 +194,15 @@ class Study:
                              f"they cannot be mixed with this version's: use another --out", self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stamp, want)
+
+    def _may_add_sources(self, have: dict) -> bool:
+        """Whether this run's databases may join the folder's: both real data, and no release of the
+        folder's found in another folder now."""
+        before = have.get("sources")
+        if None in (have.get("data_root"), self._data_source()) or not isinstance(before, dict):
+            return False
+        return not any(old.get("kind") == RELEASE and n in self.sources and self.sources[n].kind == RELEASE
+                       and old.get("root") != self.sources[n].root for n, old in before.items())
 
     def _data_source(self) -> str | dict | None:
         """Where the data comes from, as study.json records it: None for twins, a folder, or the
