@@ -46,15 +46,16 @@ def public_user(releases, monkeypatch):
     return monkeypatch
 
 
-def _bids(folder, source, lesion_only=False):
-    """A BIDS folder of FLAIR and T1 with lesion masks, made from a release-layout WMH copy."""
+def _bids(folder, source, second="T1w"):
+    """A BIDS folder of FLAIR and T1 (or another second modality) with lesion masks, made from a
+    release-layout WMH copy."""
     cases = sorted(p for p in source.glob("training/*/*") if (p / "wmh.nii.gz").is_file()) + \
         sorted(p for p in source.glob("training/*/*/*") if (p / "wmh.nii.gz").is_file())
     for i, case in enumerate(cases, 1):
         anat = folder / f"sub-{i:02d}" / "anat"
         anat.mkdir(parents=True)
         shutil.copy(case / "pre" / "FLAIR.nii.gz", anat / f"sub-{i:02d}_FLAIR.nii.gz")
-        shutil.copy(case / "pre" / "T1.nii.gz", anat / f"sub-{i:02d}_T1w.nii.gz")
+        shutil.copy(case / "pre" / "T1.nii.gz", anat / f"sub-{i:02d}_{second}.nii.gz")
         masks = folder / "derivatives" / "lesions" / f"sub-{i:02d}" / "anat"
         masks.mkdir(parents=True)
         shutil.copy(case / "wmh.nii.gz", masks / f"sub-{i:02d}_label-lesion_mask.nii.gz")
@@ -66,17 +67,17 @@ def _models(rows):
     return rows[rows["training"] != "rule"]
 
 
-def _manifest(path, name, cases, train):
+def _manifest(path, name, cases, train, second="T1w"):
     path.write_text(f"""name: {name}
 pathology: white matter lesions
-release: "a BIDS folder of FLAIR and T1 with lesion masks"
-modalities: [FLAIR, T1]
+release: "a BIDS folder of FLAIR and {second} with lesion masks"
+modalities: [FLAIR, {second}]
 layout:
   kind: pattern
   cases: "sub-*"
   images:
     FLAIR: "{{case}}/anat/{{name}}_FLAIR.nii.gz"
-    T1w: "{{case}}/anat/{{name}}_T1w.nii.gz"
+    {second}: "{{case}}/anat/{{name}}_{second}.nii.gz"
   label: "derivatives/lesions/{{name}}/anat/{{name}}_label-lesion_mask.nii.gz"
 labels: {{lesion: [1], ignore: [2]}}
 split: {{cases: {cases}, train: {train}}}
@@ -161,9 +162,9 @@ def test_a_users_own_database_is_checked_trained_on_and_evaluated(public_user, r
     from mmlib.experiments.run.joint import run_joint
 
     n = _bids(tmp_path / "mydb", releases["WMH"])
-    _bids(tmp_path / "myeval", releases["WMH"])
+    _bids(tmp_path / "myeval", releases["WMH"], "SWI")  # a modality no training database has
     mine = _manifest(tmp_path / "MYDB.yaml", "MYDB", n, n - 1)
-    evaluation = _manifest(tmp_path / "MYEVAL.yaml", "MYEVAL", n, 0)
+    evaluation = _manifest(tmp_path / "MYEVAL.yaml", "MYEVAL", n, 0, "SWI")
     public_user.setenv("MMLIB_MYDB_ROOT", str(tmp_path / "mydb"))
     public_user.setenv("MMLIB_MYEVAL_ROOT", str(tmp_path / "myeval"))
     assert main(["check", str(mine)]) == 0
@@ -173,6 +174,7 @@ def test_a_users_own_database_is_checked_trained_on_and_evaluated(public_user, r
     rows = _models(Study(tmp_path / "out", "smoke", progress=False, device="cpu").results())
     assert set(rows["train_databases"]) == {"BRATS+WMH+MYDB"}
     assert set(rows["database"]) == {"BRATS", "WMH", "MYDB", "MYEVAL"}
+    assert set(rows.loc[rows["database"] == "MYEVAL", "subset"]) == {"FLAIR+SWI"}  # SWI on a free channel (App. B)
     # A broken case is named before anything trains.
     (tmp_path / "mydb" / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"not a volume")
     with pytest.raises(MMLibError, match="fails `mmlib check`"):
