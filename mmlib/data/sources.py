@@ -14,6 +14,7 @@ name (inside the file) is then a database of the study and its root is found as 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class Source:
         return f"not available ({self.why})"
 
 
-def not_available(name: str, why: str) -> str:
+def not_available(why: str) -> str:
     """The words every table cell and clause shows for a missing database."""
     return f"not available ({why})"
 
@@ -115,9 +116,9 @@ def find_sources(names=None, data_root: Path | None = None, fill_with_twins=(), 
     <NAME>/; `fill_with_twins`: databases whose twin stands in where their release is not found (a
     found release always wins). With no data given at all, every packaged database is its twin."""
     manifests = dict(manifests or {})
-    chosen = None if names is None else list(names)
-    every = list(ALL_DATABASES) + [n for n in (chosen or manifests) if n not in ALL_DATABASES]
     fill = {n.upper() for n in fill_with_twins or ()}
+    chosen = None if names is None else list(names) + sorted(fill - set(names))  # a twin asked for is used
+    every = list(ALL_DATABASES) + [n for n in (chosen or manifests) if n not in ALL_DATABASES]
     unknown = fill - set(ALL_DATABASES)
     if unknown:
         raise MMLibError(f"--fill-with-twins: no synthetic twin for {', '.join(sorted(unknown))} "
@@ -135,8 +136,9 @@ def find_sources(names=None, data_root: Path | None = None, fill_with_twins=(), 
             root = manifest.resolve_root(None if data_root is None else Path(data_root) / name)
         except MMLibError as exc:
             root, why = None, (private_reason(name) if name in PRIVATE_DATABASES else exc.problem)
-        else:
-            why = "" if root.is_dir() else (private_reason(name) if name in PRIVATE_DATABASES
+        else:  # a folder named for this database that is not there is said; a private one unnamed is private
+            named = data_root is None and os.environ.get(f"MMLIB_{name.upper()}_ROOT")
+            why = "" if root.is_dir() else (private_reason(name) if name in PRIVATE_DATABASES and not named
                                             else f"no release folder at {root}")
         if not why:
             out[name] = Source(name, RELEASE, str(root.resolve()), manifests.get(name))

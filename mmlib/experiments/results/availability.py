@@ -41,7 +41,7 @@ def cell_databases(table: int, row: str, column) -> set[str]:
 def reason(needed, unavailable: dict[str, str]) -> str | None:
     """'not available (TBI is private)' where a needed database is missing, else None."""
     missing = [d for d in unavailable if d in needed]
-    return not_available(missing[0], "; ".join(unavailable[d] for d in missing)) if missing else None
+    return not_available("; ".join(unavailable[d] for d in missing)) if missing else None
 
 
 def mark_table(table: int, frame: pd.DataFrame, unavailable: dict[str, str] | None,
