@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object: cases, problems")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("joint", help="the study's joint model alone: train it on the five training databases "
+    p = sub.add_parser("joint", help="the study's joint model alone: train it on the training databases found "
                                      "(or find it in OUT) and evaluate it")
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", default="runs/joint")
@@ -317,7 +317,9 @@ def _add_database_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--databases", help="comma-separated: the databases to use, e.g. BRATS,ATLAS,MSSEG,WMH; a manifest "
                    "file (my/MYDB.yaml) adds your own database (default: every database whose release is found)")
     g.add_argument("--fill-with-twins", metavar="NAMES", help="comma-separated, e.g. TBI,TUMOR2: their synthetic twin "
-                   "stands in for a missing release (a deviation stated under every table)")
+                   "stands in for a missing release (a deviation stated under every table). Both options are "
+                   "kept for the --out folder: a later run given neither uses the same; --fill-with-twins '' drops "
+                   "the twins")
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
