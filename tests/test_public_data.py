@@ -144,6 +144,9 @@ def test_fill_with_twins_gives_a_five_database_model_that_states_the_substitutio
     assert "Synthetic twins stand in for TBI" in deviation_note(study.preset, 3, study.sources)
     report = write_report(study).read_text()
     assert "TBI's synthetic twin stands in for its release" in report and "| TBI | twin |" in report
+    recorded = json.loads((tmp_path / "databases" / "TBI.json").read_text())
+    assert recorded["kind"] == "twin" and recorded["train_id"].startswith("twin-")  # in the model's identity
+    assert recorded["train_id"] in report
     twin_model = {p.name for p in (tmp_path / "models").iterdir()}
     # Later the user gets the TBI release: the same folder trains a new model, the twin's rows leave.
     public_user.setenv("MMLIB_TBI_ROOT", str(releases["TBI"]))

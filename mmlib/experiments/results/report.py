@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mmlib.atomic_files import atomic_write_text
+from mmlib.atomic_files import atomic_write_text, read_json
 from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
 from mmlib.experiments.results.availability import available_findings, computable, mark_table
 from mmlib.experiments.results.findings import FINDINGS, findings_markdown
@@ -29,12 +29,16 @@ def deviations_table(preset: Preset, precision: str | None = None, sources: dict
     return markdown_table(deviations_frame(preset, precision, sources))
 
 
-def databases_section(sources: dict | None) -> list[str]:
-    """Where each database came from (release, twin, or not available and why), and what a run
-    without the missing ones can compute of the paper's tables and findings."""
+def databases_section(sources: dict | None, out_dir: Path | None = None) -> list[str]:
+    """Where each database came from (release, twin, or not available and why) with the identity of
+    the data the run read (out_dir/databases/<NAME>.json), and what a run without the missing ones
+    can compute of the paper's tables and findings."""
     if not sources:
         return []
-    table = pd.DataFrame([{"database": n, "source": s.kind, "detail": s.describe()} for n, s in sources.items()])
+    used = {n: read_json(Path(out_dir) / "databases" / f"{n}.json", {}) if out_dir else {} for n in sources}
+    table = pd.DataFrame([{"database": n, "source": s.kind, "detail": s.describe(),
+                           "data identity (train, test)": f"{used[n]['train_id']}, {used[n]['test_id']}"
+                           if used[n].get("train_id") else "–"} for n, s in sources.items()])
     lines = ["## Databases of this run", "", markdown_table(table.set_index("database")), ""]
     unavailable = {n: s.why for n, s in sources.items() if not s.available}
     if unavailable:
@@ -139,7 +143,7 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
     lines += ["## Protocol: ours beside the paper's", "",
               "How this run departs from the paper's protocol, stated once; one line under each table below refers to it.",
               "", deviations_table(preset, run_precision(records), sources), ""]
-    lines += databases_section(sources)
+    lines += databases_section(sources, out_dir)
     lines += learning_section(records, curves_figure)
     same = {n: r for n, r in (references or {}).items() if r.provenance.get("preset") == preset.name}
     lines += agreement_section(results, same)

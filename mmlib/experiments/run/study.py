@@ -3,6 +3,7 @@
 A study folder holds:
 
     study.json                          layout version, preset, data root and each database's source
+    databases/<NAME>.json               per database used: release (its folder) or twin, its data identity
     data/  cache/                       synthetic twins (when no data root is given), preprocessing
     models/<name>-s<seed>-<identity>/   final.pt, spec.json, losses.csv, training.json
     evaluations/<model folder>/<id>.csv result rows of one evaluation of one model
@@ -156,9 +157,6 @@ class Study:
         """Which of `names` are synthetic twins here, as a row records them ('TBI+TUMOR2'; '' for none)."""
         return "+".join(n for n in sorted(set(names)) if n in self.sources and self.sources[n].kind == TWIN)
 
-    def manifest(self, name: str) -> DatabaseManifest:
-        return study_manifest(name, self.manifests)
-
     # -- the folder ------------------------------------------------------------------------------
     @property
     def models_dir(self) -> Path:
@@ -228,7 +226,7 @@ class Study:
             if source is None or not source.available:
                 why = "not a database of this study" if source is None else source.why
                 raise MMLibError(f"database {name} is not available ({why})", self.out_dir)
-            manifest = self.manifest(name)
+            manifest = study_manifest(name, self.manifests)
             if self.twins:
                 root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress) / name
             elif source.kind == TWIN:  # asked for: made alone, beside the releases
@@ -249,9 +247,13 @@ class Study:
             train, val = list(train[:len(train) - n_val]), list(train[len(train) - n_val:])
             # A twin asked for beside releases says so in its identity (a release later trains anew).
             mark = "twin-" if source.kind == TWIN and not self.twins else ""
-            self._dbs[name] = Database(manifest, root, train, list(test),
-                                       mark + prepared_identity(manifest, root, train + val) + f"-v{n_val}",
-                                       mark + prepared_identity(manifest, root, test), val)
+            db = self._dbs[name] = Database(manifest, root, train, list(test),
+                                            mark + prepared_identity(manifest, root, train + val) + f"-v{n_val}",
+                                            mark + prepared_identity(manifest, root, test), val)
+            if distributed.is_main():  # what the study got: release (its folder) or twin, and its data identity
+                atomic_write_json(self.out_dir / "databases" / f"{name}.json", {
+                    **source.to_json(), "train_id": db.train_id, "test_id": db.test_id,
+                    "cases": {"train": len(train), "validation": n_val, "test": len(test)}})
 
     def data_ids(self, names) -> dict[str, str]:
         """The identity of each database's training cases (what a model's identity holds)."""
