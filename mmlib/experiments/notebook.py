@@ -54,11 +54,16 @@ def _sources(study: Study) -> dict | None:
     return None if study.twins else study.sources
 
 
-def database_table(databases: dict) -> pd.DataFrame:
-    """Per prepared database: pathology, modalities, train/test cases here and in the paper."""
-    return pd.DataFrame([{"database": n, "pathology": d.manifest.pathology, "modalities": "+".join(d.manifest.modalities),
-                          "train": len(d.train), "test": len(d.test), "paper cases": d.manifest.split_cases,
-                          "paper train": d.manifest.split_train} for n, d in databases.items()]).set_index("database")
+def database_table(databases: dict, sources: dict | None = None) -> pd.DataFrame:
+    """Per prepared database: pathology, modalities, train/test cases here and in the paper; with the
+    study's `sources`, where each came from, and a row for each database it lacks saying why."""
+    rows = [{"database": n, "pathology": d.manifest.pathology, "modalities": "+".join(d.manifest.modalities),
+             "train": len(d.train), "test": len(d.test), "paper cases": d.manifest.split_cases,
+             "paper train": d.manifest.split_train} for n, d in databases.items()]
+    if sources:
+        rows = [dict(r, source=sources[r["database"]].describe()) for r in rows]
+        rows += [{"database": n, "source": s.describe()} for n, s in sources.items() if not s.available]
+    return pd.DataFrame(rows).set_index("database")
 
 
 def figure_path(study: Study, name: str) -> Path:
