@@ -146,7 +146,8 @@ def _cmd_joint(args) -> int:
                              "are for running without torchrun")
         with _claimed_out(args.out) as out:
             summary = run_joint(out, preset=args.preset, data_root=args.data_root, seed=args.seed, arch=args.arch,
-                                drop=not args.no_drop, device=args.device, steps=args.steps, executor=config)
+                                drop=not args.no_drop, device=args.device, steps=args.steps, executor=config,
+                                databases=args.databases, fill_with_twins=args.fill_with_twins)
     if summary is not None:
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
@@ -160,7 +161,8 @@ def _cmd_study(args) -> int:
     config = _executor_config(args)
     with _claimed_out(args.out) as out:
         timings = run_study(out, preset=args.preset, data_root=args.data_root, device=args.device,
-                            notebooks=args.notebooks or None, executor=config)
+                            notebooks=args.notebooks or None, executor=config, databases=args.databases,
+                            fill_with_twins=args.fill_with_twins)
     total = sum(timings.values())
     print(f"study done in {total / 60:.1f} min; results, figures, executed notebooks, findings.json and report.md in {args.out}")
     findings = Path(args.out) / "findings.json"
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object: cases, problems")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("joint", help="the study's joint model alone: train it on the five training databases "
+    p = sub.add_parser("joint", help="the study's joint model alone: train it on the training databases found "
                                      "(or find it in OUT) and evaluate it")
     p.add_argument("--preset", default="quick")
     p.add_argument("--out", default="runs/joint")
@@ -259,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-drop", action="store_true", help="train without random modality drop")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
+    _add_database_options(p)
     _add_executor_options(p)
     p.set_defaults(func=_cmd_joint)
 
@@ -269,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$MMLIB_<NAME>_ROOT, else synthetic twins made in OUT/data)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--notebooks", nargs="*", help="only these notebooks (names without .ipynb)")
+    _add_database_options(p)
     _add_executor_options(p)
     p.set_defaults(func=_cmd_study)
 
@@ -306,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-dir", help="the reference runs to show (default: the shipped ones, mmlib/reference)")
     p.set_defaults(func=_cmd_docs)
     return parser
+
+
+def _add_database_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which databases (a missing one is stated in every table, never filled in silently)")
+    g.add_argument("--databases", help="comma-separated: the databases to use, e.g. BRATS,ATLAS,MSSEG,WMH; a manifest "
+                   "file (my/MYDB.yaml) adds your own database (default: every database whose release is found)")
+    g.add_argument("--fill-with-twins", metavar="NAMES", help="comma-separated, e.g. TBI,TUMOR2: their synthetic twin "
+                   "stands in for a missing release (a deviation stated under every table). Both options are "
+                   "kept for the --out folder: a later run given neither uses the same; --fill-with-twins '' drops "
+                   "the twins")
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:

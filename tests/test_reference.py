@@ -23,7 +23,8 @@ F4 = next(c for c in CLAUSES if c.key == "F4 better than the tumour-only model (
 def fake_study(tmp_path, effect):
     results = rows_for_cells(cells_at(F4, effect))
     return SimpleNamespace(results=lambda: results, out_dir=tmp_path, preset=load_preset("quick"),
-                           models_dir=tmp_path / "models", is_current_model=lambda name: True)
+                           models_dir=tmp_path / "models", is_current_model=lambda name: True,
+                           twins=True, unavailable=dict)
 
 
 def test_a_reference_run_keeps_rows_findings_report_and_provenance(tmp_path):

@@ -311,6 +311,8 @@ def manifest_dir() -> Path:
 TRAINING_DATABASES = ("BRATS", "ATLAS", "MSSEG", "TBI", "WMH")
 EVALUATION_DATABASES = ("ISLES", "TUMOR2")
 ALL_DATABASES = TRAINING_DATABASES + EVALUATION_DATABASES
+#: The databases private to the paper's institutions (Section 3): no user outside them has a release.
+PRIVATE_DATABASES = ("TBI", "TUMOR2")
 
 
 def load_all_manifests(names=ALL_DATABASES) -> dict[str, DatabaseManifest]:

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
-from mmlib.experiments.results.findings import clauses_frame, clauses_markdown, evaluate_findings, write_findings
+from mmlib.experiments.results.availability import available_findings, mark_table, write_findings
+from mmlib.experiments.results.findings import clauses_frame, clauses_markdown
 from mmlib.experiments.results.learning import learning_frame, learning_summary, model_records, save_learning_curves
 from mmlib.experiments.results.reference import reference_results, reference_runs
 from mmlib.experiments.results.rows import save_results
@@ -44,15 +45,25 @@ def open_study(preset: str, out_dir: str | Path, data_root: str | Path | None = 
                   seeds=None if seeds is None else tuple(seeds), progress=False)
     (study.out_dir / "figures").mkdir(parents=True, exist_ok=True)
     if show:
-        _display(deviations_frame(study.preset))
+        _display(deviations_frame(study.preset, sources=_sources(study)))
     return study
 
 
-def database_table(databases: dict) -> pd.DataFrame:
-    """Per prepared database: pathology, modalities, train/test cases here and in the paper."""
-    return pd.DataFrame([{"database": n, "pathology": d.manifest.pathology, "modalities": "+".join(d.manifest.modalities),
-                          "train": len(d.train), "test": len(d.test), "paper cases": d.manifest.split_cases,
-                          "paper train": d.manifest.split_train} for n, d in databases.items()]).set_index("database")
+def _sources(study: Study) -> dict | None:
+    """The study's databases where it uses releases (the default study of twins states none)."""
+    return None if study.twins else study.sources
+
+
+def database_table(databases: dict, sources: dict | None = None) -> pd.DataFrame:
+    """Per prepared database: pathology, modalities, train/test cases here and in the paper; with the
+    study's `sources`, where each came from, and a row for each database it lacks saying why."""
+    rows = [{"database": n, "pathology": d.manifest.pathology, "modalities": "+".join(d.manifest.modalities),
+             "train": len(d.train), "test": len(d.test), "paper cases": d.manifest.split_cases,
+             "paper train": d.manifest.split_train} for n, d in databases.items()]
+    if sources:
+        rows = [dict(r, source=sources[r["database"]].describe()) for r in rows]
+        rows += [{"database": n, "source": s.describe()} for n, s in sources.items() if not s.available]
+    return pd.DataFrame(rows).set_index("database")
 
 
 def figure_path(study: Study, name: str) -> Path:
@@ -65,16 +76,18 @@ def show_table(name: str | int, results: pd.DataFrame, study: Study, decimals: i
     the shipped reference runs (labelled) and the paper's, with a line that refers to the deviations
     table open_study showed and names the table's models the preset leaves out; return the frame."""
     spec = table_by_name(name)
-    both = spec.side_by_side(results, reference_results() if references else None)
-    _display(_markdown(f"**{spec.name}.** {spec.caption}"), both.round(decimals),
-             _markdown(f"*{deviation_note(study.preset, spec.number)}*"))
+    both = spec.side_by_side(results, reference_results() if references else None).round(decimals)
+    both = mark_table(spec.number, both, study.unavailable(), results)  # cells needing a missing database
+    _display(_markdown(f"**{spec.name}.** {spec.caption}"), both,
+             _markdown(f"*{deviation_note(study.preset, spec.number, _sources(study))}*"))
     return both
 
 
-def show_findings(results: pd.DataFrame, references: bool = True) -> dict:
+def show_findings(results: pd.DataFrame, references: bool = True, unavailable: dict | None = None) -> dict:
     """Judge F1-F6 on `results` and show one row per clause (effect, 95% CI, verdict), beside the
-    shipped reference runs' verdicts (labelled); return the findings."""
-    findings = evaluate_findings(results)
+    shipped reference runs' verdicts (labelled); clauses needing a database in `unavailable` (name:
+    why, `Study.unavailable()`) read 'not available'; return the findings."""
+    findings = available_findings(results, unavailable)
     refs = {n: r.findings for n, r in (reference_runs() if references else {}).items()}
     summary = pd.DataFrame([{"finding": k, "this run": f["verdict"],
                              **{f"reference {n}": v.get(k, {}).get("verdict", "–") for n, v in refs.items()},
@@ -111,7 +124,8 @@ def reading(findings: dict, *names: str) -> str:
         lines += [f"**{name} at this preset: {f['verdict']}** (the paper's own numbers: {f['paper_verdict']}).", ""]
         for ours, paper in zip(f["clauses"], f["paper"]):
             c = ours.clause
-            measured = ("untested (a model it needs was not run)" if ours.effect is None else
+            measured = ((ours.verdict if ours.verdict.startswith("not available") else
+                         "untested (a model it needs was not run)") if ours.effect is None else
                         f"{ours.effect:+.3f}" + ("" if ours.low is None else f" [{ours.low:+.3f}, {ours.high:+.3f}]")
                         + f", **{ours.verdict}**")
             theirs = "" if paper.effect is None else f"; the paper {paper.effect:+.3f}"
@@ -121,10 +135,11 @@ def reading(findings: dict, *names: str) -> str:
     return "\n".join(lines)
 
 
-def show_reading(results: pd.DataFrame, *names: str) -> dict:
-    """Show findings `names` read off `results` (`reading`), under the table they come from; return
-    the findings judged (notebook 99 shows all of them beside the reference runs)."""
-    findings = evaluate_findings(results)
+def show_reading(results: pd.DataFrame, *names: str, study: Study | None = None) -> dict:
+    """Show findings `names` read off `results` (`reading`), under the table they come from (with
+    `study`: clauses needing a database it lacks read 'not available'); return the findings judged
+    (notebook 99 shows all of them beside the reference runs)."""
+    findings = available_findings(results, None if study is None else study.unavailable())
     _display(_markdown(reading(findings, *names)))
     return findings
 

@@ -10,7 +10,6 @@ import pandas as pd
 
 from mmlib.data.cases import PreparedCase
 from mmlib.data.loaders import ChannelMap
-from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.experiments.plan.specs import joint_spec
 from mmlib.experiments.results.learning import model_records
 from mmlib.experiments.run.joint import run_joint
@@ -30,6 +29,7 @@ class OpenedRun:
     overlap: float
     model_dir: Path
     records: list = field(default_factory=list)  # the models' training records (did each learn?)
+    roots: dict = field(default_factory=dict)  # each training database's folder, release or twin
 
 
 def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path | None = None, device: str = "cpu",
@@ -38,11 +38,13 @@ def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path |
     its joint Multi-Unet with drop and the training databases' test cases. A folder without that
     model gets it from `mmlib joint`'s pipeline, the model notebook 02 would train."""
     study = Study(Path(out_dir), preset, data_root=data_root, device=device, progress=False)
-    spec = joint_spec("multiunet", True, study.seeds[0] if seed is None else seed)
+    names = study.training_names()  # the paper's five, or those the study has
+    spec = joint_spec("multiunet", True, study.seeds[0] if seed is None else seed, pool=names)
     if not study.is_trained(spec):
         run_joint(study.out_dir, preset=study.preset, data_root=data_root, seed=spec.seed, device=device,
                   progress=False)
     model, cmap = study.train(spec)
-    cases = [c for db in study.databases(TRAINING_DATABASES).values() for c in db.test]
+    dbs = study.databases(names)
+    cases = [c for db in dbs.values() for c in db.test]
     return OpenedRun(load_results(study), model, cmap, cases, study.preset.crop, study.preset.sw_overlap,
-                     study.model_dir(spec), model_records(study))
+                     study.model_dir(spec), model_records(study), {n: db.root for n, db in dbs.items()})

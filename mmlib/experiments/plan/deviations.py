@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from mmlib.data.manifest import TRAINING_DATABASES
+from mmlib.data.sources import NO_DATA_GIVEN, RELEASE, TWIN
 from mmlib.engine.convergence import RULE as CONVERGENCE_RULE
 from mmlib.engine.train import COSINE_FLOOR
 from mmlib.experiments.plan.schedule import Schedule, batch_per_database
@@ -36,10 +37,12 @@ def _fraction(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
-def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
+def deviations(preset: Preset, precision: str | None = None, sources: dict | None = None) -> list[Deviation]:
     """Every aspect of the training and evaluation protocol, the paper's value beside the preset's
     (the paper's: its Methods, Appendix A and the authors' published code). `precision`: what a
-    run's models really trained in (mmlib.experiments.results.learning.run_precision), where known."""
+    run's models really trained in (mmlib.experiments.results.learning.run_precision), where known.
+    `sources`: each database's source (mmlib.data.sources) where a run uses releases: the databases
+    used and the twins standing in for releases are two more aspects."""
     plan = preset.study
     joint = Schedule(preset.steps, 0, batch_per_database(preset, len(TRAINING_DATABASES))) if preset.steps else None
     sd_batch = batch_per_database(preset, 1)
@@ -89,7 +92,37 @@ def deviations(preset: Preset, precision: str | None = None) -> list[Deviation]:
         ("loss", "Dice", "Dice" if preset.loss == "dice" else "Dice + binary cross-entropy (equal weights)"),
         ("models trained", "all of the paper's", "; ".join(skipped) if skipped else "all of the paper's"),
     ]
-    return [Deviation(a, p, o, differs=p != o) for a, p, o in rows]
+    return [Deviation(a, p, o, differs=p != o) for a, p, o in rows + database_rows(sources)]
+
+
+def database_rows(sources: dict | None) -> list[tuple[str, str, str]]:
+    """The databases a run used and the twins standing in for releases, beside the paper's; none for
+    the default study of twins only (its twins are the study's premise, stated in the README)."""
+    if not sources or all(s.why == NO_DATA_GIVEN for s in sources.values() if s.available):
+        return []
+    paper = "the seven releases: BRATS, ATLAS, MSSEG, TBI, WMH to train; ISLES, Tumor 2 to evaluate (Section 3)"
+    used = "; ".join(f"{n}: {s.describe()}" for n, s in sources.items())
+    twins = [n for n, s in sources.items() if s.kind == TWIN]
+    ours = "; ".join(f"{n}'s synthetic twin stands in for its release" for n in twins)
+    return [("databases", paper, used if any(s.kind != RELEASE for s in sources.values()) else paper),
+            ("synthetic twins", "none", ours or "none")]
+
+
+def sources_note(sources: dict | None, table: int | None = None) -> str:
+    """The databases' part of the line under each table: twins standing in, databases missing (and
+    under Table 2, that its means are over the training databases present)."""
+    if not database_rows(sources):
+        return ""
+    twins = [n for n, s in sources.items() if s.kind == TWIN]
+    missing = [f"{n} ({s.why})" for n, s in sources.items() if not s.available]
+    pool = [n for n in TRAINING_DATABASES if sources.get(n) is not None and sources[n].available]
+    return ("" if not twins else
+            f" Synthetic twins stand in for {', '.join(twins)}: their cells are not the release's.") + \
+        ("" if not missing else f" Not available: {', '.join(missing)}; the joint and leave-one-out models train on "
+                                f"the {len(pool)} training databases present ({', '.join(pool)}), and cells that need "
+                                f"a missing database say so.") + \
+        (f" Table 2 averages those {len(pool)}, the paper's all five." if missing and table == 2
+         and len(pool) < len(TRAINING_DATABASES) else "")
 
 
 def _lr_words(preset: Preset) -> str:
@@ -124,15 +157,16 @@ def skipped_models(preset: Preset) -> list[tuple[str, tuple[int, ...] | None]]:
     return out
 
 
-def deviations_frame(preset: Preset, precision: str | None = None) -> pd.DataFrame:
+def deviations_frame(preset: Preset, precision: str | None = None, sources: dict | None = None) -> pd.DataFrame:
     """The deviations table: one row per aspect, the paper's value beside the preset's (`precision`:
-    what a run's models really trained in, where known) and whether they differ."""
+    what a run's models really trained in, where known; `sources`: the run's databases) and whether
+    they differ."""
     return pd.DataFrame([{"aspect": d.aspect, "paper": d.paper, f"ours ({preset.name})": d.ours,
-                          "differs": "yes" if d.differs else ""} for d in deviations(preset, precision)]
+                          "differs": "yes" if d.differs else ""} for d in deviations(preset, precision, sources)]
                         ).set_index("aspect")
 
 
-def deviation_note(preset: Preset, table: int) -> str:
+def deviation_note(preset: Preset, table: int, sources: dict | None = None) -> str:
     """One line under Table `table`: how many aspects of the protocol differ from the paper's (the
     deviations table, shown once above, states them; each bears on every table) and which of this
     table's models the preset leaves out or changes."""
@@ -141,8 +175,8 @@ def deviation_note(preset: Preset, table: int) -> str:
     return (f"Protocol at preset {preset.name}: {len(differ) or 'no'} aspect{'s' * (len(differ) != 1)} of "
             f"training and evaluation differ from the paper's (deviations table above); "
             + (f"this table's models left out or changed: {'; '.join(left_out)}." if left_out
-               else "every model of this table is trained as in the paper's grid."))
+               else "every model of this table is trained as in the paper's grid.") + sources_note(sources, table))
 
 
 __all__ = ["PAPER_STEPS", "PAPER_CROPS_PER_DATABASE", "Deviation", "deviations", "skipped_models",
-           "deviations_frame", "deviation_note"]
+           "deviations_frame", "deviation_note", "database_rows", "sources_note"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.experiments.plan.specs import (NEW_MODALITY_SETS, Evaluation, Job, finetune_spec, joint_spec,
-                                          limited_label_count, loo_spec, sd_spec, single_test_modality)
+                                          limited_label_count, loo_spec, pool_order, sd_spec, single_test_modality)
 from mmlib.presets import JointVariant, Preset
 
 
@@ -33,11 +33,15 @@ def single_database_jobs(preset: Preset, seeds, dbs: dict, fusion: bool = True) 
     return jobs
 
 
-def joint_jobs(preset: Preset, seeds, variants: list[JointVariant] | None = None) -> list[Job]:
-    """Joint models of the five training databases, evaluated on each database's test cases."""
+def joint_jobs(preset: Preset, seeds, variants: list[JointVariant] | None = None, pool=TRAINING_DATABASES,
+               evaluation_only=()) -> list[Job]:
+    """Joint models of the training databases `pool` (the paper's five, or those a user has), each
+    evaluated on every pool database's test cases and, with each case's own modalities, on the
+    `evaluation_only` databases (a user's own: its new modalities placed as in Appendix B)."""
     plan = preset.study
-    evaluations = tuple(Evaluation(db, combinations=plan.joint_all_combinations) for db in TRAINING_DATABASES)
-    return [Job(joint_spec(v.arch, v.drop, seed), evaluations)
+    evaluations = tuple(Evaluation(db, combinations=plan.joint_all_combinations) for db in pool_order(pool))
+    evaluations += tuple(Evaluation(db) for db in evaluation_only)
+    return [Job(joint_spec(v.arch, v.drop, seed, pool=pool), evaluations)
             for v in (variants or plan.joint_variants) for seed in seeds]
 
 
@@ -45,29 +49,34 @@ def joint_jobs(preset: Preset, seeds, variants: list[JointVariant] | None = None
 NEW_MODALITY_SOURCES = ("ATLAS", "BRATS")
 
 
-def new_modality_jobs(preset: Preset, seeds, dbs: dict) -> list[Job]:
-    """Table 4 (and 9-10): ISLES with T1; T1,T2; FLAIR,T1,T2 and Tumor 2 with T1, segmented by the
-    ATLAS-only, BRATS-only (drop) and joint (with and without drop) models (`dbs`: ATLAS, BRATS)."""
-    evaluations = tuple(Evaluation(db, subsets) for db, subsets in NEW_MODALITY_SETS.items())
+def new_modality_jobs(preset: Preset, seeds, dbs: dict, pool=TRAINING_DATABASES, targets=tuple(NEW_MODALITY_SETS)
+                      ) -> list[Job]:
+    """Table 4 (and 9-10): ISLES with T1; T1,T2; FLAIR,T1,T2 and Tumor 2 with T1 (those of `targets`
+    the study has), segmented by the ATLAS-only, BRATS-only (drop) and joint (with and without drop)
+    models of `pool` (`dbs`: ATLAS, BRATS)."""
+    evaluations = tuple(Evaluation(db, subsets) for db, subsets in NEW_MODALITY_SETS.items() if db in targets)
     jobs = []
     for seed in seeds:
         specs = (_sd(preset, "ATLAS", dbs["ATLAS"], "multiunet", False, seed),
-                 _sd(preset, "BRATS", dbs["BRATS"], "multiunet", True, seed), joint_spec("multiunet", False, seed), joint_spec("multiunet", True, seed))
+                 _sd(preset, "BRATS", dbs["BRATS"], "multiunet", True, seed),
+                 joint_spec("multiunet", False, seed, pool=pool), joint_spec("multiunet", True, seed, pool=pool))
         jobs += [Job(spec, evaluations) for spec in specs]
     return jobs
 
 
-def unseen_pathology_jobs(preset: Preset, seeds, target: str, held, finetune: bool = True) -> list[Job]:
+def unseen_pathology_jobs(preset: Preset, seeds, target: str, held, finetune: bool = True,
+                          pool=TRAINING_DATABASES) -> list[Job]:
     """Tables 5 and 6 for one held-out database `target` (prepared: `held`): a joint Multi-Unet (drop) of the other four,
     0-shot from 'FLAIR or T1' and from all modalities, beside the single-database upper bound; then
     (Table 6) models trained on it from scratch (no drop, as Unet-SD), fine-tuned from the joint
-    model, and as progressive nets on it, with limited and with all labels."""
+    model, and as progressive nets on it, with limited and with all labels. `pool`: the study's training
+    databases (the paper's five, or those a user has)."""
     plan = preset.study
     single = single_test_modality(held.manifest.modalities)
     limited = limited_label_count(target, len(held.train), held.manifest.split_train)
     jobs = []
     for seed in seeds:
-        loo = loo_spec(target, seed)
+        loo = loo_spec(target, seed, pool)
         jobs.append(Job(loo, (Evaluation(target, ((single,), ())),)))
         upper = _sd(preset, target, held, "multiunet", False, seed)
         jobs.append(Job(upper, (Evaluation(target, combinations=True),)))  # notebook 01's evaluation

@@ -70,7 +70,9 @@ class ModelSpec:
     'finetune' / 'progressive' from `parent` (Table 6, Appendices B and C). labels: 'all' or
     'limited' (then n_cases training cases). step_fraction: of the preset's steps.
     single_modality: its one database has one modality, so drop changes nothing and the drop
-    and no-drop specs are one model.
+    and no-drop specs are one model. pool: the study's training databases when they are not the
+    paper's five (a user without TBI: four); () = the paper's five, so that those models keep their
+    identity. A joint model of another pool is its own model: the pool is part of its identity.
     """
 
     arch: str
@@ -83,6 +85,7 @@ class ModelSpec:
     n_cases: int | None = None
     step_fraction: float = 1.0
     single_modality: bool = False
+    pool: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -94,6 +97,12 @@ class ModelSpec:
         if self.labels not in ("all", "limited") or (self.labels == "limited") != (self.n_cases is not None):
             raise ValueError("labels='limited' needs n_cases, labels='all' takes every training case")
         object.__setattr__(self, "databases", tuple(self.databases))
+        object.__setattr__(self, "pool", tuple(self.pool))
+
+    @property
+    def training_pool(self) -> tuple[str, ...]:
+        """The training databases a joint or leave-one-out model is one of: the pool, or the paper's five."""
+        return self.pool or TRAINING_DATABASES
 
     # -- what the model is ---------------------------------------------------------------------
     @property
@@ -106,7 +115,7 @@ class ModelSpec:
         """'SD' (one database), 'MD' (the five), 'LOO' (four of the five) or 'finetune'."""
         if self.start != "scratch":
             return "finetune"
-        if set(self.databases) == set(TRAINING_DATABASES):
+        if set(self.databases) == set(self.training_pool):
             return "MD"
         return "SD" if len(self.databases) == 1 else "LOO"
 
@@ -114,7 +123,7 @@ class ModelSpec:
     def held_out(self) -> str:
         """The database a leave-one-out model never saw, or a fine-tuned model's target."""
         if self.training == "LOO":
-            return next(d for d in TRAINING_DATABASES if d not in self.databases)
+            return next(d for d in self.training_pool if d not in self.databases)
         return self.databases[0] if self.training == "finetune" else ""
 
     @property
@@ -129,8 +138,8 @@ class ModelSpec:
         limited = f"-{self.n_cases}cases" if self.labels == "limited" else ""
         if self.training == "SD":
             return f"SD-{self.databases[0]}-{self.arch}-{tag}{limited}"
-        if self.training == "MD":
-            return f"MD-{self.arch}-{tag}"
+        if self.training == "MD":  # a pool that is not the paper's five is named: its own model
+            return f"MD-{'+'.join(self.pool) + '-' if self.pool else ''}{self.arch}-{tag}"
         if self.training == "LOO":
             return f"LOO-{self.held_out}-{self.arch}-{tag}"
         return f"FT-{self.databases[0]}-{self.start}-{self.labels}"
@@ -146,6 +155,8 @@ class ModelSpec:
         identity of each training database's data, and the parent's identity."""
         spec = self.trained
         content = {k: v for k, v in asdict(spec).items() if k not in ("parent", "single_modality")}
+        if not spec.pool:
+            del content["pool"]  # the paper's five: identities as before pools existed
         content.update(training=preset.training_settings(), version=TRAINING_VERSION,
                        data={d: data_ids[d] for d in spec.databases},
                        parent=None if spec.parent is None else spec.parent.identity(preset, data_ids))
@@ -171,14 +182,23 @@ def sd_spec(database: str, arch: str, drop: bool, seed: int, n_modalities: int, 
                      step_fraction=step_fraction, single_modality=n_modalities == 1)
 
 
-def joint_spec(arch: str, drop: bool, seed: int, databases=TRAINING_DATABASES) -> ModelSpec:
-    """A model of the training databases at once: MD (all five) or leave-one-out (four)."""
-    return ModelSpec(arch, tuple(d for d in TRAINING_DATABASES if d in databases), drop, seed)
+def pool_order(databases) -> tuple[str, ...]:
+    """Training databases in the paper's order (Table 1), then a user's own by name."""
+    own = sorted(set(databases) - set(TRAINING_DATABASES))
+    return tuple(d for d in TRAINING_DATABASES if d in databases) + tuple(own)
 
 
-def loo_spec(held_out: str, seed: int) -> ModelSpec:
-    """Tables 5-6: Multi-Unet with drop on the four training databases other than `held_out`."""
-    return joint_spec("multiunet", True, seed, [d for d in TRAINING_DATABASES if d != held_out])
+def joint_spec(arch: str, drop: bool, seed: int, databases=None, pool=TRAINING_DATABASES) -> ModelSpec:
+    """A model of several training databases at once: MD (all of the `pool`, by default the paper's
+    five) or leave-one-out (all but one); `databases` None: the whole pool."""
+    pool = pool_order(pool)
+    own = () if set(pool) == set(TRAINING_DATABASES) else pool
+    return ModelSpec(arch, pool_order(pool if databases is None else databases), drop, seed, pool=own)
+
+
+def loo_spec(held_out: str, seed: int, pool=TRAINING_DATABASES) -> ModelSpec:
+    """Tables 5-6: Multi-Unet with drop on the training databases of `pool` other than `held_out`."""
+    return joint_spec("multiunet", True, seed, [d for d in pool if d != held_out], pool)
 
 
 def finetune_spec(parent: ModelSpec, target: str, start: str, n_cases: int | None, step_fraction: float
@@ -220,6 +240,7 @@ def spec_from_dict(raw: dict) -> ModelSpec:
     """The ModelSpec that `dataclasses.asdict` wrote to a model's spec.json."""
     raw = dict(raw)
     raw["databases"] = tuple(raw["databases"])
+    raw["pool"] = tuple(raw.get("pool", ()))
     raw["parent"] = None if raw.get("parent") is None else spec_from_dict(raw["parent"])
     return ModelSpec(**raw)
 
@@ -243,5 +264,5 @@ def with_parents(jobs: list[Job]) -> list[Job]:
 
 __all__ = ["TRAINING_VERSION", "Architecture", "ARCHITECTURES", "NEW_MODALITY_SETS", "DISPLAY_NAMES",
            "PAPER_LIMITED_LABELS", "SMALL_DATABASES", "single_test_modality", "short_hash", "ModelSpec",
-           "sd_spec", "joint_spec", "loo_spec", "finetune_spec", "limited_label_count", "Evaluation", "Job",
+           "sd_spec", "pool_order", "joint_spec", "loo_spec", "finetune_spec", "limited_label_count", "Evaluation", "Job",
            "spec_from_dict", "with_parents"]

@@ -17,7 +17,8 @@ from mmlib.engine.device import cpu_count
 from mmlib.engine.precision import machine_name
 from mmlib.errors import MMLibError
 from mmlib.experiments.results.executed_notebooks import keep_executed_notebooks
-from mmlib.experiments.results.findings import evaluate_findings, findings_json
+from mmlib.experiments.results.availability import available_findings
+from mmlib.experiments.results.findings import findings_json
 from mmlib.experiments.results.learning import model_records
 from mmlib.experiments.results.reference import REFERENCE_DIR
 from mmlib.experiments.results.report import study_report
@@ -59,11 +60,16 @@ def save_reference(study, name: str, wall_time: str, folder: Path = REFERENCE_DI
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     results.to_csv(tmp / "results.csv.gz", index=False)
-    (tmp / "findings.json").write_text(json.dumps(findings_json(evaluate_findings(results)), indent=2))
+    sources = None if study.twins else study.sources  # a run on real data states its databases
+    if sources:
+        info["databases"] = {n: s.describe() for n, s in sources.items()}
+    (tmp / "findings.json").write_text(json.dumps(findings_json(available_findings(results, study.unavailable())),
+                                                  indent=2))
     (tmp / "provenance.json").write_text(json.dumps(info, indent=2))
     (tmp / "learning.json").write_text(json.dumps(records, indent=1))
     (tmp / "report.md").write_text(study_report(study.out_dir, study.preset, results,
-                                                title=f"Reference run {name}", provenance=info, records=records))
+                                                title=f"Reference run {name}", provenance=info, records=records,
+                                                sources=sources))
     keep_executed_notebooks(Path(study.out_dir), tmp / "notebooks")
     final = Path(folder) / name
     if final.exists():

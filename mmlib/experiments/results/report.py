@@ -11,9 +11,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mmlib.atomic_files import atomic_write_text
+from mmlib.atomic_files import atomic_write_text, read_json
 from mmlib.experiments.plan.deviations import deviation_note, deviations_frame
-from mmlib.experiments.results.findings import FINDINGS, evaluate_findings, findings_markdown
+from mmlib.experiments.results.availability import available_findings, computable, mark_table
+from mmlib.experiments.results.findings import FINDINGS, findings_markdown
 from mmlib.experiments.results.learning import (learning_frame, learning_summary, model_records, run_precision,
                                                 save_learning_curves)
 from mmlib.experiments.results.markdown import markdown_table
@@ -22,9 +23,28 @@ from mmlib.experiments.results.tables import TABLES
 from mmlib.presets import Preset
 
 
-def deviations_table(preset: Preset, precision: str | None = None) -> str:
-    """The preset's protocol beside the paper's, one aspect a row (`precision`: the run's own)."""
-    return markdown_table(deviations_frame(preset, precision))
+def deviations_table(preset: Preset, precision: str | None = None, sources: dict | None = None) -> str:
+    """The preset's protocol beside the paper's, one aspect a row (`precision`: the run's own;
+    `sources`: its databases, where it used releases)."""
+    return markdown_table(deviations_frame(preset, precision, sources))
+
+
+def databases_section(sources: dict | None, out_dir: Path | None = None) -> list[str]:
+    """Where each database came from (release, twin, or not available and why) with the identity of
+    the data the run read (out_dir/databases/<NAME>.json), and what a run without the missing ones
+    can compute of the paper's tables and findings."""
+    if not sources:
+        return []
+    used = {n: read_json(Path(out_dir) / "databases" / f"{n}.json", {}) if out_dir else {} for n in sources}
+    table = pd.DataFrame([{"database": n, "source": s.kind, "detail": s.describe(),
+                           "data identity (train, test)": f"{used[n]['train_id']}, {used[n]['test_id']}"
+                           if used[n].get("train_id") else "–"} for n, s in sources.items()])
+    lines = ["## Databases of this run", "", markdown_table(table.set_index("database")), ""]
+    unavailable = {n: s.why for n, s in sources.items() if not s.available}
+    if unavailable:
+        lines += ["What this run can compute of the paper's tables and findings without them:", "",
+                  markdown_table(computable(unavailable)), ""]
+    return lines
 
 
 def deviations_markdown(presets: list[Preset]) -> str:
@@ -69,10 +89,12 @@ def agreement_section(results: pd.DataFrame, references: dict | None) -> list[st
     return lines
 
 
-def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, pd.DataFrame] | None = None
-                   ) -> list[str]:
+def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, pd.DataFrame] | None = None,
+                   sources: dict | None = None) -> list[str]:
     """Each registered table beside the reference runs' and the paper's, with one line under it that
-    refers to the deviations table at the top and names the table's models the preset leaves out."""
+    refers to the deviations table at the top, names the table's models the preset leaves out and
+    the twins standing in; cells that need a database the run lacks say 'not available (...)'."""
+    unavailable = {n: s.why for n, s in (sources or {}).items() if not s.available}
     lines = []
     for spec in TABLES.values():
         lines += [f"## {spec.name}: {spec.caption}", ""]
@@ -88,8 +110,9 @@ def table_sections(results: pd.DataFrame, preset: Preset, references: dict[str, 
             continue
         below = "".join(f", then reference run `{n}`" for n in references or {})
         lines += [f"Our row first{below}, the paper's last (`paper`).", "",
-                  markdown_table(spec.side_by_side(results, references)), "",
-                  f"*{deviation_note(preset, spec.number)}*", ""]
+                  markdown_table(mark_table(spec.number, spec.side_by_side(results, references), unavailable,
+                                            results)), "",
+                  f"*{deviation_note(preset, spec.number, sources)}*", ""]
     return lines
 
 
@@ -107,10 +130,11 @@ def references_section(references) -> list[str]:
 
 def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, title: str | None = None,
                  provenance: dict | None = None, references: dict | None = None, records: list[dict] | None = None,
-                 curves_figure: str | None = None) -> str:
+                 curves_figure: str | None = None, sources: dict | None = None) -> str:
     """The report's Markdown for the results of a study folder (tables it cannot fill say so), with
     the reference runs (`ReferenceRun` by name) beside it; `records`: the models' training records
-    (did each learn?), `curves_figure`: the learning curves' image, relative to the report."""
+    (did each learn?), `curves_figure`: the learning curves' image, relative to the report; `sources`:
+    each database's source (release, twin, missing), stated in the protocol and under each table."""
     out_dir = Path(out_dir)
     records = records or []
     lines = [f"# {title or f'Study report: preset {preset.name}'}", ""]
@@ -118,7 +142,8 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
         lines += [" · ".join(f"{k}: {v}" for k, v in provenance.items() if not isinstance(v, dict)), ""]
     lines += ["## Protocol: ours beside the paper's", "",
               "How this run departs from the paper's protocol, stated once; one line under each table below refers to it.",
-              "", deviations_table(preset, run_precision(records)), ""]
+              "", deviations_table(preset, run_precision(records), sources), ""]
+    lines += databases_section(sources, out_dir)
     lines += learning_section(records, curves_figure)
     same = {n: r for n, r in (references or {}).items() if r.provenance.get("preset") == preset.name}
     lines += agreement_section(results, same)
@@ -127,11 +152,12 @@ def study_report(out_dir: str | Path, preset: Preset, results: pd.DataFrame, tit
         secs = json.loads(timings.read_text())
         minutes = pd.Series({**secs, "total": sum(secs.values())}, name="minutes") / 60
         lines += [markdown_table(minutes.rename_axis("notebook").to_frame(), decimals=1), ""]
-    lines += table_sections(results, preset, {n: r.results for n, r in (references or {}).items()})
+    lines += table_sections(results, preset, {n: r.results for n, r in (references or {}).items()}, sources)
     lines += ["## Findings F1–F6, clause by clause", "",
               "Effects with 95% bootstrap intervals over test cases (and seeds); a clause holds when the whole "
               "interval lies on its claimed side, a finding when every clause holds.", "",
-              findings_markdown(evaluate_findings(results))]
+              findings_markdown(available_findings(
+                  results, {n: s.why for n, s in (sources or {}).items() if not s.available}))]
     lines += references_section(references)
     return "\n".join(lines)
 
@@ -148,4 +174,4 @@ def write_report(study, provenance: dict | None = None) -> Path:
         figure = "figures/learning_curves.png"
     return atomic_write_text(Path(study.out_dir) / "report.md", study_report(
         study.out_dir, study.preset, study.results(), provenance=provenance, references=reference_runs(),
-        records=records, curves_figure=figure))
+        records=records, curves_figure=figure, sources=None if study.twins else study.sources))

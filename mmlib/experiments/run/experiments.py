@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mmlib.data.identity import short_hash
-from mmlib.data.manifest import EVALUATION_DATABASES, TRAINING_DATABASES
+from mmlib.data.manifest import EVALUATION_DATABASES
 from mmlib.engine.baselines import outlier_baseline, threshold_baseline
 from mmlib.experiments.plan.jobs import (NEW_MODALITY_SOURCES, joint_jobs, new_modality_jobs, single_database_jobs,
                                          unseen_pathology_jobs)
@@ -20,30 +20,37 @@ from mmlib.experiments.run.study import Study
 from mmlib.presets import JointVariant
 
 
-def single_database(study: Study, databases=TRAINING_DATABASES, fusion: bool = True) -> pd.DataFrame:
-    """Table 2 and the SD rows of Table 3 (plan.jobs.single_database_jobs)."""
-    return study.run(single_database_jobs(study.preset, study.seeds, study.databases(databases), fusion))
+def single_database(study: Study, databases=None, fusion: bool = True) -> pd.DataFrame:
+    """Table 2 and the SD rows of Table 3 (plan.jobs.single_database_jobs); `databases` None: the
+    study's training databases (those it has)."""
+    names = study.training_names() if databases is None else databases
+    return study.run(single_database_jobs(study.preset, study.seeds, study.databases(names), fusion))
 
 
 def joint_training(study: Study, variants: list[JointVariant] | None = None) -> pd.DataFrame:
-    """Table 3 (and 7-8): the plan's joint variants (default) on the five training databases."""
-    return study.run(joint_jobs(study.preset, study.seeds, variants))
+    """Table 3 (and 7-8): the plan's joint variants (default) on the study's training databases
+    (the paper's five, or the four a user without TBI has: a model of its own)."""
+    return study.run(joint_jobs(study.preset, study.seeds, variants, study.training_names()))
 
 
 def new_modality_sets(study: Study) -> pd.DataFrame:
-    """Table 4 (and 9-10): the new modality sets of ISLES and Tumor 2 (plan.jobs.new_modality_jobs)."""
-    jobs = new_modality_jobs(study.preset, study.seeds, study.databases(NEW_MODALITY_SOURCES))
-    study.databases(EVALUATION_DATABASES)
+    """Table 4 (and 9-10): the new modality sets of ISLES and Tumor 2 (plan.jobs.new_modality_jobs),
+    those of the two the study has."""
+    targets = study.available(EVALUATION_DATABASES)
+    jobs = new_modality_jobs(study.preset, study.seeds, study.databases(NEW_MODALITY_SOURCES),
+                             study.training_names(), targets)
+    study.databases(targets)
     return study.run(jobs)
 
 
 def unseen_pathologies(study: Study, targets=None, finetune: bool = True) -> pd.DataFrame:
     """Tables 5 and 6 per held-out database (plan.jobs.unseen_pathology_jobs), beside the label-free
-    floor and the supervised threshold rule on 'FLAIR or T1'."""
+    floor and the supervised threshold rule on 'FLAIR or T1'. A target the study lacks is left out
+    (the tables say 'not available')."""
     jobs, rules = [], []
-    for target in targets or study.preset.study.loo_targets:
+    for target in study.available(targets or study.preset.study.loo_targets):
         held = study.databases([target])[target]
-        jobs += unseen_pathology_jobs(study.preset, study.seeds, target, held, finetune)
+        jobs += unseen_pathology_jobs(study.preset, study.seeds, target, held, finetune, study.training_names())
         rules.append(baselines(study, target, single_test_modality(held.manifest.modalities)))
     return pd.concat([study.run(jobs), *rules], ignore_index=True)
 
@@ -69,6 +76,7 @@ def baselines(study: Study, database: str, modality: str | None,
         rows = rows.assign(model=f"{kind} rule", arch=kind, training="rule", drop=False, seed=0, method="",
                            held_out="", n_train_cases="", preset=study.preset.name, model_id=f"rule-{kind}",
                            eval_settings=study.evaluation_settings(), eval_data_id=db.test_id,
+                           synthetic_databases=study.synthetic([database]),
                            all_modalities=False)
         frames.append(rows)
         write_rows(rows, path)

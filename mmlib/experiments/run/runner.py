@@ -22,6 +22,7 @@ import papermill as pm
 
 from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.data.identity import short_hash
+from mmlib.data.sources import sources_line
 from mmlib.engine import distributed
 from mmlib.errors import MMLibError
 from mmlib.experiments.results.report import write_report
@@ -42,10 +43,12 @@ def notebooks_dir() -> Path:
 
 def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None, device: str = "auto",
               notebooks=None, extra_parameters: dict | None = None, progress: bool = True,
-              executor: dict | str | None = None) -> dict:
+              executor: dict | str | None = None, databases=None, fill_with_twins=None) -> dict:
     """Run the study notebooks into `out_dir`; return {notebook: seconds}. 99_findings writes
     findings.json; at the end report.md gathers the tables beside the paper's and the findings.
-    `executor`: a configuration (executors.executor_from_config) for the notebooks' training jobs."""
+    `executor`: a configuration (executors.executor_from_config) for the notebooks' training jobs.
+    `databases`, `fill_with_twins`: as Study takes them; study.json keeps them, so the notebooks'
+    kernels open the study with the same databases."""
     if distributed.launched():
         raise MMLibError("`mmlib study` runs its notebooks in kernels and does not run under torchrun; give its "
                          "training jobs GPUs with --executor local --processes N (one GPU each) or --executor slurm "
@@ -59,7 +62,8 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
     before = {key: os.environ.get(key) for key in kernel_env}
     os.environ.update(kernel_env)
     try:
-        return _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress)
+        return _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress,
+                              {"databases_asked": databases, "fill_with_twins": fill_with_twins})
     finally:
         for key, value in before.items():
             if value is None:
@@ -68,15 +72,18 @@ def run_study(out_dir: Path, preset: str = "quick", data_root: str | None = None
                 os.environ[key] = value
 
 
-def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress) -> dict:
+def _run_notebooks(out_dir, preset, data_root, device, notebooks, extra_parameters, progress, asked) -> dict:
     out_dir = Path(out_dir).resolve()
-    study = Study(out_dir, preset, data_root=data_root, device=device, progress=progress)  # claims the folder
+    study = Study(out_dir, preset, data_root=data_root, device=device, progress=progress, **asked)  # claims the folder
+    print(f"[study] {sources_line(study.sources)}", flush=True)
     done_dir = out_dir / "notebooks"
     done_dir.mkdir(parents=True, exist_ok=True)
     params = {"preset": preset, "out_dir": str(out_dir), "data_root": data_root, "device": device,
               **(extra_parameters or {})}
     # A notebook runs again when its parameters or the preset's settings changed.
-    settings = short_hash(asdict(study.preset))
+    # ... and when a database's source changed (a release found where a twin stood in).
+    settings = short_hash(asdict(study.preset)) if study.twins else short_hash(
+        {"preset": asdict(study.preset), "sources": {n: s.to_json() for n, s in study.sources.items()}})
     timings = {}
     for name in notebooks or NOTEBOOKS:
         src = notebooks_dir() / f"{name}.ipynb"

@@ -2,7 +2,8 @@
 
 A study folder holds:
 
-    study.json                          layout version, preset and data root of the study
+    study.json                          layout version, preset, data root and each database's source
+    databases/<NAME>.json               per database used: release (its folder) or twin, its data identity
     data/  cache/                       synthetic twins (when no data root is given), preprocessing
     models/<name>-s<seed>-<identity>/   final.pt, spec.json, losses.csv, training.json
     evaluations/<model folder>/<id>.csv result rows of one evaluation of one model
@@ -33,11 +34,13 @@ import pandas as pd
 from mmlib.atomic_files import atomic_write_json, read_json
 from mmlib.data.identity import short_hash
 from mmlib.data.loaders import ChannelMap, JointBatches
-from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, data_root_from_env, load_manifest, use_twins
+from mmlib.data.integrity import check_database
+from mmlib.data.manifest import ALL_DATABASES, DatabaseManifest, data_root_from_env
+from mmlib.data.sources import NO_DATA_GIVEN, RELEASE, TWIN, DatabaseChoice, study_manifest, training_names
 from mmlib.data.modalities import sort_modalities
 from mmlib.data.preprocess import prepare_database, prepared_identity
 from mmlib.data.readers import split_cases
-from mmlib.data.synth import ensure_twins
+from mmlib.data.synth import ensure_twins, make_twins
 from mmlib.engine import distributed
 from mmlib.engine.baselines import outlier_baseline
 from mmlib.engine.checkpoint import load_model
@@ -86,7 +89,10 @@ class Study:
     database; None: $MMLIB_DATA_ROOT, else each database's $MMLIB_<NAME>_ROOT, else (none of them
     set) the synthetic twins made once in out_dir/data. `seeds` None: the preset's; `processes`
     None: the preset's. `executor`: where `run` trains (executors.executor_from_config; None: the
-    configuration in $MMLIB_EXECUTOR, else local processes); never part of a model's identity."""
+    configuration in $MMLIB_EXECUTOR, else local processes); never part of a model's identity.
+    `databases_asked`: the databases to use ('BRATS,ATLAS,my/MYDB.yaml': a manifest file is your own),
+    None: every one whose release is found; `fill_with_twins`: the databases whose synthetic twin
+    stands in for a missing release. Both None: as study.json recorded them (mmlib.data.sources)."""
 
     out_dir: Path
     preset: Preset | str = "quick"
@@ -96,6 +102,8 @@ class Study:
     progress: bool = True
     processes: int | None = None
     executor: object = None
+    databases_asked: object = None
+    fill_with_twins: object = None
     _dbs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -105,7 +113,15 @@ class Study:
         distributed.setup(self.device)  # under torchrun: join the other ranks
         self.progress = self.progress and distributed.is_main()
         self.data_root = data_root_from_env(self.data_root)
-        self.twins = self.data_root is None and use_twins(ALL_DATABASES)
+        if self.databases_asked is None and self.fill_with_twins is None:  # as the folder was set up
+            stamp = read_json(self.out_dir / "study.json", {}) if (self.out_dir / "study.json").is_file() else {}
+            asked = (stamp.get("asked") if isinstance(stamp, dict) else None) or {}
+            self.databases_asked, self.fill_with_twins = asked.get("databases"), asked.get("fill_with_twins")
+        self.choice = DatabaseChoice.parse(self.databases_asked, self.fill_with_twins)
+        self.manifests, self.fill_with_twins = self.choice.manifests, self.choice.fill_with_twins
+        self.sources = self.choice.sources(self.data_root)
+        present = [s for s in self.sources.values() if s.available]
+        self.twins = bool(present) and all(s.why == NO_DATA_GIVEN for s in present)
         self.seeds = tuple(self.preset.seeds if self.seeds is None else self.seeds)
         if self.processes is None:
             self.processes = self.preset.train_processes
@@ -125,6 +141,23 @@ class Study:
         return cls(Path(out_dir), have["preset"], data_root=root if isinstance(root, str) else None, device=device,
                    progress=progress)
 
+    # -- which databases the study has --------------------------------------------------------------
+    def available(self, names) -> list[str]:
+        """Those of `names` the study has (a release, or a twin)."""
+        return [n for n in names if n in self.sources and self.sources[n].available]
+
+    def training_names(self) -> list[str]:
+        """The study's training databases: the paper's five where a user has them all, else those present."""
+        return training_names(self.sources, self.manifests)
+
+    def unavailable(self) -> dict[str, str]:
+        """The paper's databases the study lacks, with why ('TBI is private')."""
+        return {n: s.why for n, s in self.sources.items() if n in ALL_DATABASES and not s.available}
+
+    def synthetic(self, names) -> str:
+        """Which of `names` are synthetic twins here, as a row records them ('TBI+TUMOR2'; '' for none)."""
+        return "+".join(n for n in sorted(set(names)) if n in self.sources and self.sources[n].kind == TWIN)
+
     # -- the folder ------------------------------------------------------------------------------
     @property
     def models_dir(self) -> Path:
@@ -133,7 +166,9 @@ class Study:
     def _claim_folder(self) -> None:
         """Write study.json, or check that the folder holds a study of this layout, preset and data."""
         stamp = self.out_dir / "study.json"
-        want = {"layout": LAYOUT_VERSION, "preset": self.preset.name, "data_root": self._data_source()}
+        want = {"layout": LAYOUT_VERSION, "preset": self.preset.name, "data_root": self._data_source(),
+                "asked": self.choice.to_json(),
+                "sources": {n: s.to_json() for n, s in self.sources.items()}}
         if stamp.is_file():
             have = read_json(stamp, None)
             if not isinstance(have, dict):
@@ -141,10 +176,16 @@ class Study:
             if have.get("layout") != LAYOUT_VERSION:
                 raise MMLibError(f"the folder holds a study of layout {have.get('layout')}, this mmlib writes "
                                  f"layout {LAYOUT_VERSION}; use another --out", self.out_dir)
+            # Twins and real data never share a folder, nor do two copies of a release (a copy keeps
+            # sizes and times, so the data identity cannot tell them apart). A database found where it
+            # was missing, or its release where a twin stood in, trains new models beside the others.
             for key in ("preset", "data_root"):
-                if have.get(key) != want[key]:
+                if have.get(key) != want[key] and (key == "preset" or not self._may_add_sources(have)):
                     raise MMLibError(f"the folder holds a study with {key} {have.get(key)!r}, not {want[key]!r}; "
                                      f"use another --out so that their results do not mix", self.out_dir)
+            if {k: have.get(k) for k in want} != want and distributed.is_main():
+                earlier = have.get("earlier_sources", []) + ([have["sources"]] if have.get("sources") else [])
+                atomic_write_json(stamp, {**want, "earlier_sources": earlier})
             return
         older = [p for p in ("results", "models") if (self.out_dir / p).is_dir() and any((self.out_dir / p).iterdir())]
         if older:
@@ -152,6 +193,15 @@ class Study:
                              f"they cannot be mixed with this version's: use another --out", self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stamp, want)
+
+    def _may_add_sources(self, have: dict) -> bool:
+        """Whether this run's databases may join the folder's: both real data, and no release of the
+        folder's found in another folder now."""
+        before = have.get("sources")
+        if None in (have.get("data_root"), self._data_source()) or not isinstance(before, dict):
+            return False
+        return not any(old.get("kind") == RELEASE and n in self.sources and self.sources[n].kind == RELEASE
+                       and old.get("root") != self.sources[n].root for n, old in before.items())
 
     def _data_source(self) -> str | dict | None:
         """Where the data comes from, as study.json records it: None for twins, a folder, or the
@@ -173,31 +223,45 @@ class Study:
 
     def _load(self, names) -> None:
         for name in [n for n in names if n not in self._dbs]:
-            manifest = load_manifest(name)
+            source = self.sources.get(name)
+            if source is None or not source.available:
+                why = "not a database of this study" if source is None else source.why
+                raise MMLibError(f"database {name} is not available ({why})", self.out_dir)
+            manifest = study_manifest(name, self.manifests)
             if self.twins:
                 root = ensure_twins(self.out_dir / "data", self.preset, seed=0, progress=self.progress) / name
+            elif source.kind == TWIN:  # asked for: made alone, beside the releases
+                root = make_twins(self.out_dir / "data", self.preset, seed=0, databases=[name], progress=self.progress,
+                                  reuse=True)[name]
             else:
-                root = manifest.resolve_root(None if self.data_root is None else self.data_root / name)
+                root = Path(source.root)
+            if source.manifest:  # your own database: its integrity check first, every problem named
+                problems = check_database(manifest, root, progress=False).problems
+                if problems:
+                    raise MMLibError(f"database {name} fails `mmlib check` ({len(problems)} problem(s)): "
+                                     + "; ".join(f"{p.file}: {p.problem}" for p in problems[:5]), source.manifest)
             cases = prepare_database(manifest, root, self.preset.spacing_mm, self.out_dir / "cache",
                                      progress=self.progress)
             train, test = ([], list(cases)) if manifest.evaluation_only else split_cases(manifest, cases)
             # Validation cases: the last training cases by name (as the test cases are the last).
             n_val = self.preset.validation_count(len(train))
             train, val = list(train[:len(train) - n_val]), list(train[len(train) - n_val:])
-            self._dbs[name] = Database(manifest, root, train, list(test),
-                                       prepared_identity(manifest, root, train + val) + f"-v{n_val}",
-                                       prepared_identity(manifest, root, test), val)
+            # A twin asked for beside releases says so in its identity (a release later trains anew).
+            mark = "twin-" if source.kind == TWIN and not self.twins else ""
+            db = self._dbs[name] = Database(manifest, root, train, list(test),
+                                            mark + prepared_identity(manifest, root, train + val) + f"-v{n_val}",
+                                            mark + prepared_identity(manifest, root, test), val)
+            if distributed.is_main():  # what the study got: release (its folder) or twin, and its data identity
+                atomic_write_json(self.out_dir / "databases" / f"{name}.json", {
+                    **source.to_json(), "train_id": db.train_id, "test_id": db.test_id,
+                    "cases": {"train": len(train), "validation": n_val, "test": len(test)}})
 
     def data_ids(self, names) -> dict[str, str]:
         """The identity of each database's training cases (what a model's identity holds)."""
         return {n: d.train_id for n, d in self.databases(names).items()}
 
     def _spec_data_ids(self, spec: ModelSpec) -> dict[str, str]:
-        names, s = set(), spec
-        while s is not None:
-            names.update(s.databases)
-            s = s.parent
-        return self.data_ids(sorted(names))
+        return self.data_ids(sorted(_lineage(spec)))
 
     # -- models ----------------------------------------------------------------------------------
     def model_dir(self, spec: ModelSpec) -> Path:
@@ -294,6 +358,7 @@ class Study:
         rows = rows.assign(**spec.row_columns(), **learning_columns(self.learning(spec), ev.database),
                            preset=self.preset.name, model_id=self.model_dir(spec).name,
                            eval_settings=self.evaluation_settings(),
+                           synthetic_databases=self.synthetic(_lineage(spec) | {ev.database}),
                            eval_data_id=self.databases([ev.database])[ev.database].test_id)
         distributed.on_main(write_rows, rows, path)
         return rows
@@ -342,7 +407,8 @@ class Study:
         """A picklable call that opens this study again in another process (an executor's worker):
         same folder, preset, data, device and seeds, no progress bars, its jobs run inline."""
         return partial(type(self), self.out_dir, self.preset, data_root=self.data_root, device=self.device,
-                       seeds=self.seeds, progress=False, processes=1, executor="inline")
+                       seeds=self.seeds, progress=False, processes=1, executor="inline",
+                       databases_asked=self.choice.to_json()["databases"], fill_with_twins=self.fill_with_twins)
 
     # -- reading results back ----------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
@@ -357,7 +423,7 @@ class Study:
             for path in sorted(model_dir.glob("*.csv")):
                 rows = read_rows(path)
                 db = rows["database"].iloc[0] if len(rows) else None
-                if db is None or rows["eval_settings"].iloc[0] != current_settings:
+                if db is None or rows["eval_settings"].iloc[0] != current_settings or not self.available([db]):
                     continue
                 if rows["eval_data_id"].iloc[0] != self.databases([db])[db].test_id:
                     continue
@@ -374,7 +440,18 @@ class Study:
             spec = spec_from_dict(json.loads(spec_file.read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise MMLibError(f"unreadable model description ({exc})", spec_file) from None
+        if len(self.available(_lineage(spec))) < len(_lineage(spec)):
+            return False  # trained on a database this run does not have
         return self.model_dir(spec).name == folder
+
+
+def _lineage(spec: ModelSpec) -> set[str]:
+    """Every database a model learnt from: its own and its parents'."""
+    names = set()
+    while spec is not None:
+        names.update(spec.databases)
+        spec = spec.parent
+    return names
 
 
 def learning_columns(record: dict, database: str) -> dict:
