@@ -6,6 +6,9 @@ A block in README.md sits between two markers and names what it shows and from w
     ...generated...
     <!-- /mmlib -->
 
+`<!-- mmlib:deviations:presets -->` is the one block made from the presets rather than a run: the
+protocol at every preset beside the paper's.
+
 `python -m mmlib.experiments.results.readme_blocks` rewrites every block from mmlib/reference/;
 `--check` exits 1 naming the blocks that drifted (the test suite runs the same check).
 """
@@ -24,7 +27,9 @@ from mmlib.errors import MMLibError
 from mmlib.experiments.results.learning import learning_frame, learning_summary
 from mmlib.experiments.results.markdown import markdown_table
 from mmlib.experiments.results.reference import REFERENCE_DIR, ReferenceRun, reference_runs
+from mmlib.experiments.results.report import deviations_markdown
 from mmlib.experiments.results.tables import table_by_name
+from mmlib.presets import load_preset, preset_names
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 _BLOCK = re.compile(r"(<!-- mmlib:(?P<kind>[\w-]+):(?P<run>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /mmlib -->)", re.S)
@@ -75,6 +80,8 @@ def provenance(run: ReferenceRun) -> str:
 
 
 BLOCKS = {"table3": table3, "findings": findings, "learning": learning, "provenance": provenance}
+#: Blocks made from the presets, not from a run (their marker names `presets`).
+PRESET_BLOCKS = {"deviations": lambda: deviations_markdown([load_preset(n) for n in preset_names()])}
 
 
 def render(text: str, folder: Path = REFERENCE_DIR) -> str:
@@ -83,8 +90,10 @@ def render(text: str, folder: Path = REFERENCE_DIR) -> str:
 
     def fill(m: re.Match) -> str:
         kind, name = m.group("kind"), m.group("run")
+        if kind in PRESET_BLOCKS and name == "presets":
+            return m.group(1) + PRESET_BLOCKS[kind]().rstrip() + "\n" + m.group(5)
         if kind not in BLOCKS:
-            raise MMLibError(f"README block {kind!r}: known blocks are {', '.join(BLOCKS)}", README)
+            raise MMLibError(f"README block {kind!r}: known blocks are {', '.join([*BLOCKS, *PRESET_BLOCKS])}", README)
         if name not in runs:
             raise MMLibError(f"README block {kind}:{name} names no shipped reference run", README)
         return m.group(1) + BLOCKS[kind](runs[name]).rstrip() + "\n" + m.group(5)
