@@ -34,6 +34,9 @@ RECIPES: dict[str, dict] = {
     # lr 1e-3, width 0.5, 600 single-database and 1,600 joint steps.
     "step-dice": dict(loss="dice", lr_schedule="step", warmup_fraction=0.0, lr=1e-3, width=0.5,
                       sd_steps=600, joint_steps=1600),
+    # quick's recipe with 1,600 single-database steps (did SD-ATLAS stop improving at 1,000?).
+    "cosine-bce-w025-sd1600": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3,
+                                   width=0.25, sd_steps=1600, joint_steps=1600),
     # Dice + BCE, 5% linear warm-up, cosine decay, twice the base rate.
     "cosine-bce": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3, width=0.5,
                        sd_steps=600, joint_steps=1600),
