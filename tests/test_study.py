@@ -105,7 +105,8 @@ def test_every_deviation_of_a_preset_is_stated_and_the_full_preset_has_few():
                    "train/test split", "background outside the brain", "models trained"):
         assert aspect in quick
     assert quick["crop sampling"].differs and "0.67 of crops centred on a lesion" in quick["crop sampling"].ours
-    assert "lr x0.1 after 0.75" in quick["schedule"].ours and "0.25" in quick["schedule"].paper
+    assert "cosine decay" in quick["schedule"].ours and "0.25" in quick["schedule"].paper  # the CPU recipe
+    assert quick["loss"].differs and "cross-entropy" in quick["loss"].ours
     assert "leave-one-out on WMH only" in quick["models trained"].ours
     line = deviation_note(QUICK, 5)  # under a table: a count, and this table's models left out
     assert "deviations table above" in line and "leave-one-out on WMH only" in line and "3 mm" not in line
