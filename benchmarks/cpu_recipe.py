@@ -27,6 +27,9 @@ import torch  # noqa: E402 - after the thread count is set
 
 RESULTS = Path(__file__).with_name("results") / "cpu_recipes.jsonl"
 
+#: Dice + BCE, 5% linear warm-up, cosine decay, twice the paper's base rate: the CPU recipe's core.
+_COSINE_BCE = dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3)
+
 #: Recipes tried: overrides of the quick preset (its twins, crop, spacing and validation cases).
 #: 'sd_steps' sets the single-database models' steps, 'joint_steps' the joint models'.
 RECIPES: dict[str, dict] = {
@@ -34,24 +37,18 @@ RECIPES: dict[str, dict] = {
     # lr 1e-3, width 0.5, 600 single-database and 1,600 joint steps.
     "step-dice": dict(loss="dice", lr_schedule="step", warmup_fraction=0.0, lr=1e-3, width=0.5,
                       sd_steps=600, joint_steps=1600),
-    # quick's recipe with 1,600 single-database steps (did SD-ATLAS stop improving at 1,000?).
-    "cosine-bce-w025-sd1600": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3,
-                                   width=0.25, sd_steps=1600, joint_steps=1600),
-    # Dice + BCE, 5% linear warm-up, cosine decay, twice the base rate.
-    "cosine-bce": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3, width=0.5,
-                       sd_steps=600, joint_steps=1600),
+    # The CPU recipe's core at quick's old width and steps.
+    "cosine-bce": dict(_COSINE_BCE, width=0.5, sd_steps=600, joint_steps=1600),
     # The same at half the width (a quarter of the channels' compute) and twice the steps.
-    "cosine-bce-w025-x2": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3,
-                               width=0.25, sd_steps=1200, joint_steps=3200),
+    "cosine-bce-w025-x2": dict(_COSINE_BCE, width=0.25, sd_steps=1200, joint_steps=3200),
     # The same at the quick width and twice the steps.
-    "cosine-bce-x2": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3, width=0.5,
-                          sd_steps=1200, joint_steps=3200),
+    "cosine-bce-x2": dict(_COSINE_BCE, width=0.5, sd_steps=1200, joint_steps=3200),
     # Width 0.25 at the old step counts (what fits the quick study's 30 minutes).
-    "cosine-bce-w025": dict(loss="dice_bce", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3,
-                            width=0.25, sd_steps=800, joint_steps=1600),
+    "cosine-bce-w025": dict(_COSINE_BCE, width=0.25, sd_steps=800, joint_steps=1600),
+    # quick's recipe with 1,600 single-database steps (did SD-ATLAS stop improving at 1,000?).
+    "cosine-bce-w025-sd1600": dict(_COSINE_BCE, width=0.25, sd_steps=1600, joint_steps=1600),
     # Dice alone under the cosine schedule (what the loss adds, on its own).
-    "cosine-dice": dict(loss="dice", lr_schedule="cosine", warmup_fraction=0.05, lr=2e-3, width=0.5,
-                        sd_steps=600, joint_steps=1600),
+    "cosine-dice": dict(_COSINE_BCE, loss="dice", width=0.5, sd_steps=600, joint_steps=1600),
 }
 
 
