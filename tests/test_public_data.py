@@ -160,9 +160,6 @@ def test_fill_with_twins_gives_a_five_database_model_that_states_the_substitutio
     assert stamp["earlier_sources"][-1]["TBI"]["kind"] == "twin"
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone and with its module, but in the whole suite (CI at cd55856) "
-                   "Study.results() dropped WMH's rows from this folder although `mmlib joint`'s summary had them: "
-                   "an order-dependent state, not yet found (open in issue 19)")
 def test_a_users_own_database_is_checked_trained_on_and_evaluated(public_user, releases, tmp_path):
     from mmlib.cli import main
     from mmlib.experiments.run.joint import run_joint

@@ -158,6 +158,20 @@ def test_results_read_back_only_rows_of_the_current_protocol(tmp_path):
     assert Study(tmp_path, smoke.with_(sw_overlap=0.5), progress=False, device="cpu").results().empty
 
 
+def test_identities_that_look_like_numbers_are_read_back_as_written(tmp_path, monkeypatch):
+    """A data identity of decimal digits (one hash in 300 or so) was read back as a number, and
+    the rows of that database left the results as if evaluated on other data."""
+    from mmlib.experiments.run import study as study_module
+    from mmlib.experiments.run.experiments import joint_training
+
+    monkeypatch.setattr(study_module, "prepared_identity", lambda *a: "000000001234")
+    smoke = load_preset("smoke")
+    joint_training(Study(tmp_path, smoke, progress=False, device="cpu"), [JointVariant("multiunet", True)])
+    rows = Study(tmp_path, smoke, progress=False, device="cpu").results()
+    assert set(rows["database"]) >= set(TRAINING_DATABASES)
+    assert set(rows["eval_data_id"]) == {"000000001234"}
+
+
 def test_a_folder_of_another_layout_preset_or_data_is_refused_naming_it(tmp_path):
     old = tmp_path / "old"
     (old / "results").mkdir(parents=True)

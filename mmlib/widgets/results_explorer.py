@@ -21,6 +21,7 @@ from mmlib.errors import MMLibError
 from mmlib.experiments.results.learning import curves_frame, learning_frame, learning_summary
 from mmlib.experiments.results.paper import paper_value
 from mmlib.experiments.results.reference import reference_results
+from mmlib.experiments.results.rows import read_rows
 from mmlib.experiments.results.tables import (PERCENT_METRICS, TABLE3_ROWS, TABLE4_COLUMNS, TABLE4_ROWS, TABLES,
                                               format_table, table_by_name, tidy_results)
 from mmlib.experiments.run.study import Study
@@ -43,7 +44,7 @@ def load_results(source) -> pd.DataFrame:
         return tidy_results(source)
     path = Path(source)
     if path.is_file():
-        return tidy_results(pd.read_csv(path))
+        return tidy_results(read_rows(path))
     return tidy_results(Study.open(path).results())
 
 
