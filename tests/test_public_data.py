@@ -193,6 +193,13 @@ def test_every_cell_and_clause_needing_tbi_or_tumor2_reads_not_available():
     assert (ours["TBI"] == "not available (TBI is private)").all() and (ours["Avg"] == ours["TBI"]).all()
     assert any(c.startswith("Avg over 4 (BRATS, ATLAS, MSSEG, WMH") for c in table3.columns)
     assert (table3.xs("paper", level="source")["TBI"] != "not available (TBI is private)").all()
+    table7 = mark_table(7, table_by_name(7).side_by_side(empty), PRIVATE, empty)  # Table 3's models, other metrics
+    over4 = [c for c in table7.columns if c[0].startswith("Avg over 4 (BRATS, ATLAS, MSSEG, WMH")]
+    assert [m for _, m in over4] == ["sensitivity", "precision", "assd"]
+    row = "MultiUnet-MD (drop)"
+    paper = table7.loc[(row, "paper")]
+    assert paper[over4[2]] == pytest.approx(sum(paper[(d, "assd")] for d in ("BRATS", "ATLAS", "MSSEG", "WMH")) / 4)
+    assert (table7.xs("ours", level="source")[("Avg", "assd")] == "not available (TBI is private)").all()
     findings = mark_findings(evaluate_findings(empty, n_bootstrap=10), PRIVATE)
     assert findings["F4"]["verdict"] == "not available (TUMOR2 is private)"
     f2 = {j.clause.key: j.verdict for j in findings["F2"]["clauses"]}

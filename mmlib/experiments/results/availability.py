@@ -20,7 +20,7 @@ from mmlib.data.manifest import TRAINING_DATABASES
 from mmlib.data.sources import not_available
 from mmlib.experiments.results import tables as T
 from mmlib.experiments.results.findings import CLAUSES, evaluate_findings, finding_verdict, findings_json
-from mmlib.experiments.results.paper import paper_table
+from mmlib.experiments.results.paper import paper_layout, paper_value
 
 
 def cell_databases(table: int, row: str, column) -> set[str]:
@@ -62,28 +62,36 @@ def mark_table(table: int, frame: pd.DataFrame, unavailable: dict[str, str] | No
             why = reason(cell_databases(table, row, col), unavailable)
             if why:
                 out.loc[(row, source), col] = why
-    if table == 3 and results is not None:
-        out = _present_average(out, results, [d for d in TRAINING_DATABASES if d not in unavailable])
+    if table in (3, 7) and results is not None:
+        out = _present_average(out, results, [d for d in TRAINING_DATABASES if d not in unavailable], table)
     return out
 
 
-def _present_average(out: pd.DataFrame, results: pd.DataFrame, present: list[str]) -> pd.DataFrame:
-    """Table 3's 'Avg over N (the databases present)': ours from the same terms as Avg, the paper's
-    over the same databases; ours is NaN where a database's cell is missing (never a shorter mean)."""
+def _present_average(out: pd.DataFrame, results: pd.DataFrame, present: list[str], table: int = 3) -> pd.DataFrame:
+    """Table 3's (or Table 7's, per metric) 'Avg over N (the databases present)': ours from the same
+    terms as Avg, the paper's over the same databases; ours is NaN where a database's cell is
+    missing (never a shorter mean)."""
     label = f"Avg over {len(present)} ({', '.join(present)}; the paper's Avg is over five)"
     df = T.tidy_results(results) if not results.empty else results
-    paper = paper_table(3)
-    values = []
-    for row, source in out.index:
-        if source == "paper":
-            values.append(paper.loc[row, present].mean() if row in paper.index else float("nan"))
-        elif source == "ours" and not df.empty:
-            parts = [T.cell_terms(3, row, d, df) for d in present]
-            values.append(sum(T.combine(p)[0] for p in parts) / len(parts) if all(parts) else float("nan"))
-        else:
-            values.append(float("nan"))
-    at = list(out.columns).index("Avg") + 1 if "Avg" in out.columns else len(out.columns)
-    out.insert(at, label, values)
+    metrics = [c[1] for c in out.columns if c[0] == "Avg"] if table == 7 else ["dice"]
+    paper_rows = paper_layout(3)[0]
+    for metric in metrics:
+        scale = 100.0 if table == 7 and metric in T.PERCENT_METRICS else 1.0
+        values = []
+        for row, source in out.index:
+            if source == "paper":
+                paper = [paper_value(3, row, d, metric) for d in present] if row in paper_rows else []
+                values.append(sum(paper) / len(paper) if paper else float("nan"))
+            elif source == "ours" and not df.empty:
+                parts = [T.cell_terms(3, row, d, df, metric) for d in present]
+                values.append(scale * sum(T.combine(p)[0] for p in parts) / len(parts) if all(parts)
+                              else float("nan"))
+            else:
+                values.append(float("nan"))
+        column = label if table == 3 else (label, metric)
+        avg = [c for c in out.columns if (c[0] if isinstance(c, tuple) else c) == "Avg"]
+        at = list(out.columns).index(avg[-1]) + 1 if avg else len(out.columns)
+        out.insert(at + metrics.index(metric), column, values)
     return out
 
 

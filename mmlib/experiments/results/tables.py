@@ -269,8 +269,13 @@ _TERMS: dict[int, Callable[[pd.DataFrame, str, Any], list[Term]]] = {
     2: _table2_terms, 3: _table3_terms, 4: _table4_terms, 5: _table5_terms, 6: _table6_terms}
 
 
-def cell_terms(table: int, row: str, column: Any, results: pd.DataFrame) -> list[Term]:
-    """The terms of one cell of Table `table` (2-6) built from tidy `results`."""
+def cell_terms(table: int, row: str, column: Any, results: pd.DataFrame, metric: str = "dice") -> list[Term]:
+    """The terms of one cell of Table `table` (2-6) built from tidy `results`; Tables 3 and 4 also
+    in another metric (their appendix Tables 7-10)."""
+    if metric != "dice":
+        if table not in (3, 4):
+            raise ValueError(f"Table {table} reports Dice only, not {metric!r}")
+        return _TERMS[table](results, row, column, metric)
     return _TERMS[table](results, row, column)
 
 
