@@ -260,6 +260,15 @@ def test_results_explorer_redraws_for_the_chosen_metric_and_database():
     assert "Table 7" in ex.table_html.value and "ASSD" in ex.table_html.value
 
 
+def test_results_explorer_marks_the_cells_a_missing_database_would_fill():
+    ex = ResultsExplorer(tidy_rows(), references={}, unavailable={"TBI": "TBI is private"})
+    ours = ex.table.xs("ours", level="source")
+    assert (ours["TBI"] == "not available (TBI is private)").all() and (ours["Avg"] == ours["TBI"]).all()
+    assert any(str(c).startswith("Avg over 4") for c in ex.table.columns)
+    assert "not available (TBI is private)" in ex.table_html.value
+    assert (ResultsExplorer(tidy_rows(), references={}).table != "not available (TBI is private)").all().all()
+
+
 def test_results_explorer_opens_on_a_combination_that_has_rows():
     rows = tidy_rows()
     # A leave-one-out LFUnet scored on WMH only: alphabetically first architecture and setting, no BRATS rows.

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from mmlib.data.manifest import ALL_DATABASES
 from mmlib.data.modalities import subset_sort_key
 from mmlib.errors import MMLibError
+from mmlib.experiments.results.availability import mark_table
 from mmlib.experiments.results.learning import curves_frame, learning_frame, learning_summary
 from mmlib.experiments.results.paper import paper_value
 from mmlib.experiments.results.reference import reference_results
@@ -161,11 +162,19 @@ class ResultsExplorer:
     that the rows fill, ours beside the shipped reference runs' and the paper's. `references`
     (default: every reference run shipped) can also be explored in place of the run (`source`),
     always labelled as reference. `records`: the run's training records (mmlib.experiments.results.learning):
-    then it also shows whether each model learnt, and one model's validation curve."""
+    then it also shows whether each model learnt, and one model's validation curve. `unavailable`:
+    the paper's databases the run lacks, with why ({'TBI': 'TBI is private'}; None: a study's own,
+    else none); the cells of ours that need one read 'not available (...)', as in the report."""
 
     def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI,
-                 references: dict[str, pd.DataFrame] | None = None, records: list[dict] | None = None):
+                 references: dict[str, pd.DataFrame] | None = None, records: list[dict] | None = None,
+                 unavailable: dict[str, str] | None = None):
         own = load_results(source)
+        if unavailable is None and isinstance(source, Study):
+            unavailable = source.unavailable()
+        elif unavailable is None and isinstance(source, (str, Path)) and Path(source).is_dir():
+            unavailable = Study.open(Path(source)).unavailable()
+        self.unavailable = dict(unavailable or {})
         if own.empty:
             raise MMLibError("no result rows to explore")
         refs = reference_results() if references is None else references
@@ -320,7 +329,8 @@ class ResultsExplorer:
             return
 
         spec = table_by_name(n)
-        self.table = spec.side_by_side(self.sources["this run"], self.references)
+        self.table = mark_table(n, spec.side_by_side(self.sources["this run"], self.references), self.unavailable,
+                                self.sources["this run"])
         self.table_html.value = f"<b>{spec.name}</b>: {spec.caption}" + _style_table(self.table)
 
     def snapshot(self):

@@ -30,6 +30,7 @@ class OpenedRun:
     model_dir: Path
     records: list = field(default_factory=list)  # the models' training records (did each learn?)
     roots: dict = field(default_factory=dict)  # each training database's folder, release or twin
+    unavailable: dict = field(default_factory=dict)  # the paper's databases the study lacks, with why
 
 
 def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path | None = None, device: str = "cpu",
@@ -47,4 +48,5 @@ def open_run(out_dir: str | Path, preset: str = "quick", data_root: str | Path |
     dbs = study.databases(names)
     cases = [c for db in dbs.values() for c in db.test]
     return OpenedRun(load_results(study), model, cmap, cases, study.preset.crop, study.preset.sw_overlap,
-                     study.model_dir(spec), model_records(study), {n: db.root for n, db in dbs.items()})
+                     study.model_dir(spec), model_records(study), {n: db.root for n, db in dbs.items()},
+                     study.unavailable())
