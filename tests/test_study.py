@@ -115,16 +115,6 @@ def test_every_deviation_of_a_preset_is_stated_and_the_full_preset_has_few():
     assert not full["voxel spacing"].differs and not full["models trained"].differs
 
 
-def test_the_readme_states_every_presets_deviations_from_the_code():
-    from pathlib import Path
-
-    from mmlib.experiments.results.report import deviations_markdown
-    from mmlib.presets import preset_names
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert deviations_markdown([load_preset(p) for p in preset_names()]) in readme
-
-
 # -- a study folder ---------------------------------------------------------------------------------
 def _mtimes(folder):
     return {p: p.stat().st_mtime_ns for p in sorted(folder.glob("models/*/final.pt"))}
