@@ -169,11 +169,11 @@ class ResultsExplorer:
     def __init__(self, source: str | Path | pd.DataFrame, dpi: int = DPI,
                  references: dict[str, pd.DataFrame] | None = None, records: list[dict] | None = None,
                  unavailable: dict[str, str] | None = None):
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            source = Study.open(Path(source))  # opened once: its rows and its missing databases
         own = load_results(source)
         if unavailable is None and isinstance(source, Study):
             unavailable = source.unavailable()
-        elif unavailable is None and isinstance(source, (str, Path)) and Path(source).is_dir():
-            unavailable = Study.open(Path(source)).unavailable()
         self.unavailable = dict(unavailable or {})
         if own.empty:
             raise MMLibError("no result rows to explore")

@@ -75,8 +75,10 @@ def _present_average(out: pd.DataFrame, results: pd.DataFrame, present: list[str
     df = T.tidy_results(results) if not results.empty else results
     metrics = [c[1] for c in out.columns if c[0] == "Avg"] if table == 7 else ["dice"]
     paper_rows = paper_layout(3)[0]
-    for metric in metrics:
-        scale = 100.0 if table == 7 and metric in T.PERCENT_METRICS else 1.0
+    avg = [c for c in out.columns if (c[0] if isinstance(c, tuple) else c) == "Avg"]
+    at = list(out.columns).index(avg[-1]) + 1 if avg else len(out.columns)
+    for i, metric in enumerate(metrics):
+        scale = 100.0 if metric in T.PERCENT_METRICS else 1.0
         values = []
         for row, source in out.index:
             if source == "paper":
@@ -88,10 +90,7 @@ def _present_average(out: pd.DataFrame, results: pd.DataFrame, present: list[str
                               else float("nan"))
             else:
                 values.append(float("nan"))
-        column = label if table == 3 else (label, metric)
-        avg = [c for c in out.columns if (c[0] if isinstance(c, tuple) else c) == "Avg"]
-        at = list(out.columns).index(avg[-1]) + 1 if avg else len(out.columns)
-        out.insert(at + metrics.index(metric), column, values)
+        out.insert(at + i, label if table == 3 else (label, metric), values)
     return out
 
 
